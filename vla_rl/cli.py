@@ -1,0 +1,144 @@
+"""`vla-rl`: the command line. One subcommand per job; each parses its own config dataclass.
+
+Errors a user can cause (an unknown name, a missing file, a bad value) print one clear line that
+names the valid choices and exit with status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from vla_rl.config import ConfigError, parse_cli, to_dict
+from vla_rl.registry import UnknownNameError
+
+USAGE_EXIT = 2
+
+
+def cmd_eval(args: list[str]) -> int:
+    from vla_rl.benchmark import get_benchmark
+    from vla_rl.evaluation import EvalConfig, evaluate, format_table
+    from vla_rl.policy import load_policy
+
+    cfg = parse_cli(EvalConfig, args, prog="vla-rl eval", description=EvalConfig.__doc__ or "")
+    if cfg.episodes is not None and cfg.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
+    if cfg.videos < 0:
+        raise ConfigError(f"--videos must be >= 0, got {cfg.videos}")
+    benchmark = get_benchmark(cfg.benchmark)
+    # Validate every name before any env starts or any file is written.
+    benchmark.resolve_task_names(list(cfg.tasks) or None)
+    policy = load_policy(cfg.policy, benchmark)
+    out = Path(cfg.output_dir or f"runs/eval/{cfg.benchmark}/{datetime.now():%Y%m%d-%H%M%S}")
+    results = evaluate(
+        policy,
+        benchmark,
+        task_names=list(cfg.tasks) or None,
+        episodes_per_task=cfg.episodes,
+        env_cfg=cfg.env,
+        seed=cfg.seed,
+        deterministic=cfg.deterministic,
+        videos_per_task=cfg.videos,
+        output_dir=out,
+        progress=cfg.progress,
+        config=to_dict(cfg),
+    )
+    print()
+    print(f"policy {cfg.policy} on {cfg.benchmark} (eval split)")
+    print(format_table(results))
+    t = results["timing"]
+    print(f"\n{results['num_episodes']} episodes in {t['wall_s']:.1f} s "
+          f"({t['env_steps_per_s']:.0f} env steps/s); results: {out / 'results.json'}")  # fmt: skip
+    return 0
+
+
+@dataclass
+class BenchmarksConfig:
+    """`vla-rl benchmarks`: list benchmarks, their task sets and tasks."""
+
+    name: str | None = None
+    """Show only this benchmark (all tasks with their instructions)."""
+
+
+def cmd_benchmarks(args: list[str]) -> int:
+    from vla_rl.registry import BENCHMARKS, POLICIES
+
+    cfg = parse_cli(BenchmarksConfig, args, prog="vla-rl benchmarks")
+    names = [cfg.name] if cfg.name else BENCHMARKS.names()
+    for name in names:
+        BENCHMARKS._check(name)
+    for name in names:
+        print(f"{name}: {BENCHMARKS.description(name)}")
+        try:
+            bench = BENCHMARKS.get(name)()
+        except ImportError as err:
+            print(f"    not installed ({err}); `vla-rl doctor` says how to install it")
+            continue
+        for set_name, members in bench.task_sets().items():
+            print(f"    set {set_name}: {len(members)} tasks")
+        tasks = bench.tasks("eval")
+        n_train = len(bench.tasks("train", [tasks[0].name])[0].init_ids)
+        print(f"    {len(tasks)} tasks; per task {n_train} train / {len(tasks[0].init_ids)} eval "
+              f"initial states; horizon {tasks[0].max_steps} env steps")  # fmt: skip
+        for task in tasks if cfg.name else tasks[:3]:
+            print(f"      {task.name}: {task.instruction!r}")
+        if not cfg.name and len(tasks) > 3:
+            print(f"      ... (`vla-rl benchmarks --name {name}` lists all {len(tasks)})")
+    if not cfg.name:
+        print("\npolicies: " + ", ".join(POLICIES.names()) + ", or a checkpoint directory")
+    return 0
+
+
+def cmd_doctor(args: list[str]) -> int:
+    from vla_rl.doctor import DoctorConfig, run_doctor
+
+    cfg = parse_cli(DoctorConfig, args, prog="vla-rl doctor", description=DoctorConfig.__doc__)
+    return run_doctor(cfg)
+
+
+def cmd_bench(args: list[str]) -> int:
+    from vla_rl.throughput import BenchConfig, run_rollout_bench
+
+    cfg = parse_cli(BenchConfig, args, prog="vla-rl bench", description=BenchConfig.__doc__)
+    return run_rollout_bench(cfg)
+
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
+    "benchmarks": (cmd_benchmarks, "list benchmarks, task sets, tasks and policies"),
+    "doctor": (cmd_doctor, "check the installation and say how to fix what is missing"),
+    "bench": (cmd_bench, "measure rollout throughput (engine vs raw simulator vs sequential)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: vla-rl <command> [options]   (vla-rl <command> --help for its options)", ""]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else USAGE_EXIT
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"vla-rl: unknown command {command!r}; valid choices: {', '.join(COMMANDS)}",
+              file=sys.stderr)  # fmt: skip
+        return USAGE_EXIT
+    try:
+        return COMMANDS[command][0](rest)
+    except (UnknownNameError, ConfigError, FileNotFoundError) as err:
+        print(f"vla-rl {command}: error: {err}", file=sys.stderr)
+        return USAGE_EXIT
+    except ValueError as err:
+        print(f"vla-rl {command}: error: {err}", file=sys.stderr)
+        return USAGE_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

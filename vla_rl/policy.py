@@ -1,0 +1,102 @@
+"""The BasePolicy interface every base policy, finetuned policy and test-time wrapper implements."""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from vla_rl.atomic_io import atomic_directory
+from vla_rl.types import ActionSample, Observation
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class BasePolicy(nn.Module, ABC):
+    """A policy maps a batch of observations to a batch of action chunks.
+
+    Policies are stateless: action queues, observation history and chunk execution live in the env
+    wrappers (`ChunkedEnv`), so a stored `ActionSample` can always be re-scored with `log_prob`.
+
+    Subclasses set `policy_type` (their registry name) and `chunk_size` (Ta), implement
+    `sample_actions`, and, where the family has a tractable likelihood, `log_prob`.
+    """
+
+    policy_type: ClassVar[str] = "base"
+    chunk_size: int = 1  # Ta: actions per chunk the env executes open-loop
+
+    @abstractmethod
+    def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
+        """Sample one action chunk per observation: actions (B, Ta, Da) in env units."""
+
+    def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
+        """Log-likelihood (B,) of `sample` under the current weights, differentiable."""
+        raise NotImplementedError(
+            f"policy {self.policy_type!r} has no tractable log-likelihood; methods that update the "
+            "policy's weights (ppo, grpo, srpo) need one, sampling-only methods (residual, taco) "
+            "do not"
+        )
+
+    @classmethod
+    def for_benchmark(cls, benchmark: Any) -> BasePolicy:
+        """Build this policy from its registry name for `benchmark` (no checkpoint)."""
+        raise ValueError(
+            f"policy {cls.policy_type!r} cannot be built from its name alone; "
+            "pass a checkpoint directory"
+        )
+
+    # ---- persistence -------------------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments; `from_pretrained` calls `cls(**config)`."""
+        return {}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json` (with "policy_type") and `model.safetensors`, atomically."""
+        from safetensors.torch import save_file
+
+        config = {"policy_type": self.policy_type, **self.get_config()}
+        with atomic_directory(directory) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BasePolicy:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        config.pop("policy_type", None)
+        policy = cls(**config)
+        weights = directory / WEIGHTS_FILE
+        if weights.exists():
+            policy.load_state_dict(load_file(str(weights)))
+        return policy
+
+
+def load_policy(name_or_dir: str, benchmark: Any | None = None) -> BasePolicy:
+    """A policy from a registry name (built for `benchmark`) or a checkpoint directory."""
+    from vla_rl.registry import POLICIES, UnknownNameError
+
+    path = Path(name_or_dir)
+    if (path / CONFIG_FILE).is_file():
+        policy_type = json.loads((path / CONFIG_FILE).read_text()).get("policy_type")
+        if policy_type is None:
+            raise ValueError(f"{path / CONFIG_FILE} has no 'policy_type' field")
+        return POLICIES.get(policy_type).from_pretrained(path)
+    if path.exists() or "/" in name_or_dir:
+        raise FileNotFoundError(
+            f"{name_or_dir!r} is not a checkpoint directory (no {CONFIG_FILE} inside); "
+            f"registered policies: {', '.join(POLICIES.names())}"
+        )
+    if name_or_dir not in POLICIES:
+        raise UnknownNameError(
+            f"unknown policy {name_or_dir!r}; valid choices: {', '.join(POLICIES.names())} "
+            "or a checkpoint directory"
+        )
+    return POLICIES.get(name_or_dir).for_benchmark(benchmark)

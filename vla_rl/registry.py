@@ -1,0 +1,109 @@
+"""Name -> implementation registries for policies, benchmarks and methods.
+
+Registration is explicit (every name is listed below or registered by a call) and resolution is
+lazy: an entry can be a "module:attribute" string that is only imported when the name is used,
+so the core never imports a concrete adapter (and its heavy simulator) at module level.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the valid choices."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable.
+        return str(self.args[0])
+
+
+class Registry:
+    """A lazy, explicit registry of named things of one kind ("policy", "benchmark", ...)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, str | Any] = {}
+        self._descriptions: dict[str, str] = {}
+
+    def register(self, name: str, target: str | Any, description: str = "") -> None:
+        """Register `target` (an object, or a "module:attribute" string imported on first use)."""
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = target
+        self._descriptions[name] = description
+
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def description(self, name: str) -> str:
+        return self._descriptions[self._check(name)]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def _check(self, name: str) -> str:
+        if name not in self._entries:
+            choices = ", ".join(self.names()) or "(none registered yet)"
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid choices: {choices}")
+        return name
+
+    def get(self, name: str) -> Any:
+        """The registered object, importing it on first use."""
+        target = self._entries[self._check(name)]
+        if isinstance(target, str):
+            module_name, _, attr = target.partition(":")
+            target = getattr(importlib.import_module(module_name), attr)
+            self._entries[name] = target
+        return target
+
+
+def check_choice(kind: str, value: str, choices: list[str] | tuple[str, ...]) -> str:
+    """Return `value` if it is one of `choices`, else raise an error that lists them."""
+    if value not in choices:
+        raise UnknownNameError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
+    return value
+
+
+POLICIES = Registry("policy")
+BENCHMARKS = Registry("benchmark")
+METHODS = Registry("method")
+
+# Policies: a name builds a policy for a benchmark; a checkpoint directory names its own type in
+# config.json ("policy_type"), resolved through the same registry.
+POLICIES.register(
+    "scripted",
+    "vla_rl.policies.scripted_metaworld:ScriptedMetaWorldPolicy",
+    "Meta-World's shipped per-task expert controllers (upper reference, demonstrations)",
+)
+POLICIES.register(
+    "zero",
+    "vla_rl.policies.trivial:ZeroPolicy",
+    "all-zero actions (LIBERO: gripper open); a trivial policy for throughput tests",
+)
+POLICIES.register(
+    "random",
+    "vla_rl.policies.trivial:RandomPolicy",
+    "uniform random actions in the env's action box",
+)
+
+BENCHMARKS.register(
+    "metaworld",
+    "vla_rl.benchmarks.metaworld:MetaWorldBenchmark",
+    "Meta-World 3.x (MT10, MT50 or any single task); state obs, images on request",
+)
+for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"):
+    BENCHMARKS.register(
+        _suite,
+        f"vla_rl.benchmarks.libero:{_suite.upper()}",
+        f"LIBERO {_suite.removeprefix('libero_')} suite (needs the [libero] extra)",
+    )
+
+# Methods arrive with the issues that build them (residual, ppo, grpo, srpo, ...).
+
+
+def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Resolve `name` in `registry` and call it."""
+    factory: Callable[..., Any] = registry.get(name)
+    return factory(*args, **kwargs)

@@ -1,0 +1,166 @@
+"""The rollout engine: runs a list of episodes on a ChunkedVectorEnv with batched inference.
+
+Each iteration: observe every active slot, call the policy ONCE on that batch (B x obs -> B x
+chunk), send each slot its chunk (one message per worker), and collect the results. A slot whose
+episode ended is refilled with the next pending episode before the next iteration, so the
+workers stay busy until the queue drains. Stepping is synchronous and slots are filled in a
+fixed order, so the same episodes, policy and seed give the same results whatever the timing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vla_rl.benchmark import EpisodeSpec
+from vla_rl.policy import BasePolicy
+from vla_rl.types import ActionSample, Observation, index_obs
+from vla_rl.vector_env import ChunkedVectorEnv
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode. The per-step lists have one entry per decision step (T_i of them)
+    and are filled only when the engine runs with keep_steps=True."""
+
+    spec: EpisodeSpec
+    success: bool = False
+    terminated: bool = False  # ended by success (terminal state: no bootstrap)
+    truncated: bool = False  # ended by the horizon (not terminal: bootstrap)
+    env_steps: int = 0
+    episode_return: float = 0.0  # sum of the env's own rewards
+    observations: list[Observation] = field(default_factory=list)  # each with B = 1
+    samples: list[ActionSample] = field(default_factory=list)  # each with B = 1
+    rewards: list[float] = field(default_factory=list)  # env reward summed over the chunk
+    chunk_steps: list[int] = field(default_factory=list)  # env steps each chunk executed
+    final_observation: Observation | None = None  # observation after the last chunk (B = 1)
+    frames: list[np.ndarray] | None = None  # video frames (H x W x 3), when recorded
+
+    @property
+    def decision_steps(self) -> int:
+        return len(self.chunk_steps)
+
+
+@dataclass
+class RolloutStats:
+    episodes: int = 0
+    env_steps: int = 0
+    decision_steps: int = 0
+    wall_s: float = 0.0
+    policy_s: float = 0.0  # time inside policy.sample_actions
+    env_s: float = 0.0  # time waiting for env workers (reset + step)
+
+    @property
+    def env_steps_per_s(self) -> float:
+        return self.env_steps / max(self.wall_s, 1e-9)
+
+
+class RolloutEngine:
+    """Runs episodes of any benchmark with any BasePolicy on a ChunkedVectorEnv."""
+
+    def __init__(self, venv: ChunkedVectorEnv):
+        self.venv = venv
+        self.last_stats = RolloutStats()
+
+    def run(
+        self,
+        policy: BasePolicy,
+        episodes: Sequence[EpisodeSpec],
+        *,
+        deterministic: bool = False,
+        keep_steps: bool = False,
+        record_video: Callable[[int, EpisodeSpec], bool] | None = None,
+        seed: int | None = 0,
+        on_episode_end: Callable[[EpisodeRecord], None] | None = None,
+    ) -> list[EpisodeRecord]:
+        """Run every episode once; records come back in the order of `episodes`.
+
+        keep_steps: keep observations, samples and per-chunk rewards (for training).
+        record_video: (episode index, spec) -> whether to record that episode's frames.
+        seed: seeds torch's RNG (policy sampling) for this call; None leaves it alone.
+        """
+        records: list[EpisodeRecord | None] = [None] * len(episodes)
+        pending = deque(enumerate(episodes))
+        active: dict[int, tuple[int, EpisodeRecord]] = {}  # slot -> (episode index, record)
+        stats = RolloutStats()
+        start = time.perf_counter()
+        rng_state = torch.random.get_rng_state()
+        if seed is not None:
+            torch.manual_seed(seed)
+        was_training = policy.training
+        policy.eval()
+        try:
+            while pending or active:
+                # Refill free slots, lowest slot first (deterministic assignment).
+                free = [s for s in range(self.venv.num_envs) if s not in active]
+                fill = []
+                for slot in free:
+                    if not pending:
+                        break
+                    idx, spec = pending.popleft()
+                    record = EpisodeRecord(spec)
+                    wants_video = bool(record_video and record_video(idx, spec))
+                    if wants_video:
+                        record.frames = []
+                    active[slot] = (idx, record)
+                    fill.append((slot, spec, wants_video))
+                if fill:
+                    t0 = time.perf_counter()
+                    first_frames = self.venv.reset_slots(
+                        [f[0] for f in fill], [f[1] for f in fill], [f[2] for f in fill]
+                    )
+                    stats.env_s += time.perf_counter() - t0
+                    for (slot, _, _), frames in zip(fill, first_frames):
+                        if frames is not None:
+                            active[slot][1].frames.extend(frames)
+
+                slots = sorted(active)
+                obs = self.venv.observe(slots)
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    sample = policy.sample_actions(obs, deterministic=deterministic)
+                stats.policy_s += time.perf_counter() - t0
+                chunks = sample.actions.detach().cpu().numpy()  # (B_active, Ta, Da)
+                t0 = time.perf_counter()
+                results = self.venv.step_slots(slots, chunks)
+                stats.env_s += time.perf_counter() - t0
+                stats.decision_steps += len(slots)
+
+                done_slots = []
+                for row, (slot, res) in enumerate(zip(slots, results)):
+                    idx, record = active[slot]
+                    record.env_steps += res.steps
+                    record.episode_return += float(res.rewards.sum())
+                    record.chunk_steps.append(res.steps)
+                    record.rewards.append(float(res.rewards.sum()))
+                    if keep_steps:
+                        record.observations.append(index_obs(obs, [row]))
+                        record.samples.append(sample.index([row]))
+                    if record.frames is not None and res.frames:
+                        record.frames.extend(res.frames)
+                    stats.env_steps += res.steps
+                    if res.terminated or res.truncated:
+                        record.success = res.success
+                        record.terminated = res.terminated
+                        record.truncated = res.truncated
+                        if keep_steps:
+                            record.final_observation = self.venv.observe([slot])
+                        records[idx] = record
+                        done_slots.append(slot)
+                        stats.episodes += 1
+                        if on_episode_end is not None:
+                            on_episode_end(record)
+                for slot in done_slots:
+                    del active[slot]
+        finally:
+            if seed is not None:
+                torch.random.set_rng_state(rng_state)
+            policy.train(was_training)
+        stats.wall_s = time.perf_counter() - start
+        self.last_stats = stats
+        return records  # type: ignore[return-value]

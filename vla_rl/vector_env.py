@@ -1,0 +1,264 @@
+"""ChunkedVectorEnv: B env slots spread over W worker processes, stepped one chunk at a time.
+
+Why not gymnasium's AsyncVectorEnv as is: every slot here must be able to reset into a
+*different* (task, initial state) given by the caller, and only some slots step at a time (an
+episode that ended waits for a refill). Both need per-slot options that AsyncVectorEnv cannot
+pass. This class still is a `gymnasium.vector.VectorEnv` with the standard `reset`/`step` (all
+slots at once), and adds the slot-level calls the rollout engine uses.
+
+Slots are assigned to workers in contiguous blocks (slot i -> worker i * W // B). One message per
+worker per chunk; a worker executes the chunks of all its slots, so B/W envs amortise each
+message. With W = 0 the slots live in the calling process (debugging, tests, profiling).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from vla_rl.benchmark import EpisodeSpec
+from vla_rl.chunked_env import ChunkedEnv
+from vla_rl.types import Observation, stack_obs
+
+
+@dataclass
+class SlotStep:
+    """What one slot reports after executing one chunk."""
+
+    obs: dict[str, np.ndarray]
+    rewards: np.ndarray  # (steps,) per env step
+    steps: int  # env steps executed (1..Ta)
+    terminated: bool
+    truncated: bool
+    success: bool
+    frames: list[np.ndarray] | None
+
+
+def _handle(envs: list[ChunkedEnv], command: str, payload: Any) -> Any:
+    """Run one command on this process's slots (same code in workers and in-process)."""
+    if command == "reset":
+        out = []
+        for local, task, init_id, record in payload:
+            env = envs[local]
+            env.record_frames = record
+            obs, info = env.reset(options={"task": task, "init_id": init_id})
+            out.append((obs, info.get("frames")))
+        return out
+    if command == "step":
+        out = []
+        for local, chunk in payload:
+            obs, _, term, trunc, info = envs[local].step(chunk)
+            out.append(
+                SlotStep(
+                    obs, info["rewards"], info["steps"], term, trunc, info["success"],
+                    info.get("frames"),
+                )
+            )
+        return out
+    if command == "spaces":
+        return envs[0].observation_space, envs[0].action_space
+    if command == "call":
+        name, args = payload
+        return [getattr(env.unwrapped, name)(*args) for env in envs]
+    raise ValueError(f"unknown worker command {command!r}")
+
+
+def _worker(conn, env_fn: Callable[[], gym.Env], num_slots: int) -> None:
+    # One simulator per core: keep BLAS/OpenMP inside the worker single-threaded.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    envs: list[ChunkedEnv] = []
+    try:
+        envs = [ChunkedEnv(env_fn()) for _ in range(num_slots)]
+        conn.send(("ok", None))
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                break
+            try:
+                conn.send(("ok", _handle(envs, command, payload)))
+            except Exception:  # report to the parent instead of dying silently
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        for env in envs:
+            env.close()
+        conn.close()
+
+
+class WorkerError(RuntimeError):
+    """An exception raised inside an env worker (its traceback is in the message)."""
+
+
+class ChunkedVectorEnv(gym.vector.VectorEnv):
+    """B = `num_envs` chunk-executing env slots in `num_workers` processes (0 = in-process)."""
+
+    def __init__(self, env_fn: Callable[[], gym.Env], num_envs: int, num_workers: int = 2):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_envs = num_envs
+        self.num_workers = min(num_workers, num_envs)
+        self.episodes: list[EpisodeSpec | None] = [None] * num_envs
+        self._obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
+        self._closed = False
+        if self.num_workers == 0:
+            self._local = [ChunkedEnv(env_fn()) for _ in range(num_envs)]
+            self._owner = [(0, i) for i in range(num_envs)]
+            spaces = _handle(self._local, "spaces", None)
+        else:
+            self._local = None
+            self._owner = []
+            counts = np.bincount(
+                np.arange(num_envs) * self.num_workers // num_envs, minlength=self.num_workers
+            )
+            ctx = mp.get_context("spawn")  # safe with torch and GL contexts in the parent
+            self._conns, self._procs = [], []
+            for w, count in enumerate(counts):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child, env_fn, int(count)), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+                self._owner.extend((w, i) for i in range(int(count)))
+            for conn in self._conns:
+                self._receive(conn)
+            spaces = self._request({0: ("spaces", None)})[0]
+        self.single_observation_space, self.single_action_space = spaces
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, num_envs
+        )
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+
+    # ---- transport ---------------------------------------------------------------------------
+    @staticmethod
+    def _receive(conn) -> Any:
+        status, result = conn.recv()
+        if status == "error":
+            raise WorkerError(f"env worker failed:\n{result}")
+        return result
+
+    def _request(self, per_worker: dict[int, tuple[str, Any]]) -> dict[int, Any]:
+        if self._local is not None:
+            return {w: _handle(self._local, *msg) for w, msg in per_worker.items()}
+        for w, msg in per_worker.items():
+            self._conns[w].send(msg)
+        return {w: self._receive(self._conns[w]) for w in per_worker}
+
+    def _scatter(self, command: str, slots: Sequence[int], items: Sequence[Any]) -> list[Any]:
+        """Send per-slot items to their workers in one message each; results in slot order."""
+        per_worker: dict[int, list[tuple[int, Any]]] = {}
+        order: dict[int, list[int]] = {}
+        for slot, item in zip(slots, items):
+            w, local = self._owner[slot]
+            per_worker.setdefault(w, []).append((local, *item))
+            order.setdefault(w, []).append(slot)
+        replies = self._request({w: (command, p) for w, p in per_worker.items()})
+        by_slot = {}
+        for w, results in replies.items():
+            by_slot.update(zip(order[w], results))
+        return [by_slot[s] for s in slots]
+
+    # ---- slot-level API used by the rollout engine --------------------------------------------
+    def reset_slots(
+        self,
+        slots: Sequence[int],
+        episodes: Sequence[EpisodeSpec],
+        record: Sequence[bool] | None = None,
+    ) -> list[list[np.ndarray] | None]:
+        """Reset `slots` into `episodes`; returns the first video frame lists (or None)."""
+        record = record or [False] * len(slots)
+        items = [(ep.task, ep.init_id, rec) for ep, rec in zip(episodes, record)]
+        results = self._scatter("reset", slots, items)
+        frames = []
+        for slot, ep, (obs, first_frames) in zip(slots, episodes, results):
+            self.episodes[slot] = ep
+            self._obs[slot] = obs
+            frames.append(first_frames)
+        return frames
+
+    def step_slots(self, slots: Sequence[int], chunks: np.ndarray) -> list[SlotStep]:
+        """Execute one chunk (Ta, Da) per slot in `slots`; chunks is (len(slots), Ta, Da)."""
+        results = self._scatter("step", slots, [(c,) for c in chunks])
+        for slot, res in zip(slots, results):
+            self._obs[slot] = res.obs
+        return results
+
+    def observe(self, slots: Sequence[int]) -> Observation:
+        """The current observation batch of `slots`, with instruction and task name."""
+        items = []
+        for slot in slots:
+            episode = self.episodes[slot]
+            if episode is None or self._obs[slot] is None:
+                raise RuntimeError(f"slot {slot} has not been reset")
+            items.append(
+                dict(self._obs[slot], instruction=episode.task.instruction, task=episode.task.name)
+            )
+        return stack_obs(items)
+
+    def call(self, name: str, *args: Any) -> list[Any]:
+        """Call a method of every slot's underlying env; results in slot order."""
+        workers = sorted({w for w, _ in self._owner})
+        replies = self._request({w: ("call", (name, args)) for w in workers})
+        return [replies[w][local] for w, local in self._owner]
+
+    # ---- standard gymnasium VectorEnv API (all slots at once) ---------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """options["episodes"]: one EpisodeSpec per slot (None keeps that slot as it is)."""
+        if not options or "episodes" not in options:
+            raise ValueError('reset needs options={"episodes": [EpisodeSpec or None] * num_envs}')
+        episodes = options["episodes"]
+        slots = [i for i, ep in enumerate(episodes) if ep is not None]
+        self.reset_slots(slots, [episodes[i] for i in slots])
+        return self.observe(range(self.num_envs)), {}
+
+    def step(self, actions: np.ndarray):
+        """actions: (B, Ta, Da). Returns obs, summed rewards (B,), terminated, truncated, infos."""
+        results = self.step_slots(range(self.num_envs), np.asarray(actions))
+        infos = {
+            "success": np.array([r.success for r in results]),
+            "steps": np.array([r.steps for r in results]),
+        }
+        return (
+            self.observe(range(self.num_envs)),
+            np.array([r.rewards.sum() for r in results], dtype=np.float32),
+            np.array([r.terminated for r in results]),
+            np.array([r.truncated for r in results]),
+            infos,
+        )
+
+    def close(self, **kwargs: Any) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._local is not None:
+            for env in self._local:
+                env.close()
+            return
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass

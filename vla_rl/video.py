@@ -1,0 +1,28 @@
+"""Saving evaluation episodes as MP4 videos."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def save_video(path: str | Path, frames: list[np.ndarray], fps: int = 20) -> None:
+    """Write frames (each H x W x 3 uint8) as an H.264 MP4, atomically."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
+    os.close(fd)
+    try:
+        # macro_block_size=1: keep odd sizes as they are instead of resizing with a warning.
+        with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
+            for frame in frames:
+                writer.append_data(np.asarray(frame, dtype=np.uint8))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
