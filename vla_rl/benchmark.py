@@ -70,7 +70,8 @@ class EnvConfig:
     max_steps: int | None = None
     """Override the benchmark's episode horizon (env steps); None keeps the benchmark's default."""
     video_size: int = 256
-    """H = W of frames rendered for evaluation videos."""
+    """H = W of frames rendered for evaluation videos; 0 renders none (LIBERO then builds no
+    offscreen renderer when images are off, which makes env creation faster)."""
 
 
 class Benchmark(ABC):

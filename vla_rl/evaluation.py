@@ -7,6 +7,7 @@ results.json that stores the resolved config, the git commit and package version
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the eval protocol; write results.json (and videos) to `output_dir` when given."""
     env_cfg = env_cfg or EnvConfig()
+    if not videos_per_task:
+        env_cfg = dataclasses.replace(env_cfg, video_size=0)
     names = benchmark.resolve_task_names(task_names or default_task_selection(benchmark))
     tasks = benchmark.tasks("eval", names)
     n = episodes_per_task or min(len(t.init_ids) for t in tasks)

