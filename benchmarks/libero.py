@@ -30,7 +30,6 @@ import contextlib
 import io
 import math
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,9 +40,9 @@ import gymnasium as gym
 import numpy as np
 
 from vla_rl.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+from vla_rl.rendering import ensure_headless_gl
 
-if sys.platform.startswith("linux"):
-    os.environ.setdefault("MUJOCO_GL", "egl")  # headless CPU rendering; before mujoco loads
+ensure_headless_gl()  # before mujoco is imported
 
 HORIZONS = {  # OpenVLA experiments/robot/libero/run_libero_eval.py (max_steps per suite)
     "libero_spatial": 220,

@@ -18,9 +18,7 @@ Horizon: 500 env steps, Meta-World's own `max_path_length` (metaworld/sawyer_xyz
 
 from __future__ import annotations
 
-import os
 import pickle
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,10 +28,9 @@ import gymnasium as gym
 import numpy as np
 
 from vla_rl.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+from vla_rl.rendering import ensure_headless_gl
 
-if sys.platform.startswith("linux"):
-    # Headless CPU rendering through EGL (Mesa llvmpipe); must be set before mujoco is imported.
-    os.environ.setdefault("MUJOCO_GL", "egl")
+ensure_headless_gl()  # before mujoco is imported
 
 MAX_PATH_LENGTH = 500  # metaworld.sawyer_xyz_env.SawyerXYZEnv.max_path_length
 STATE_DIM = 39
@@ -96,8 +93,15 @@ INSTRUCTIONS: dict[str, str] = {
 }
 
 MT10 = [
-    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
-    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3",
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
     "window-close-v3",
 ]  # fmt: skip  (metaworld.env_dict.MT10_V3, same order)
 
@@ -193,7 +197,9 @@ class MetaWorldTaskEnv(gym.Env):
             space = env._random_reset_space
             # set_task is Meta-World's public way to make the goal observable (it also resets the
             # cached observation space, which otherwise clips the goal to zero).
-            data = dict(env_cls=cls, rand_vec=(space.low + space.high) / 2, partially_observable=False)
+            data = dict(
+                env_cls=cls, rand_vec=(space.low + space.high) / 2, partially_observable=False
+            )
             env.set_task(Task(env_name=name, data=pickle.dumps(data)))
             # Sample each episode's rand_vec from env.np_random, which we seed per episode.
             env._freeze_rand_vec = False

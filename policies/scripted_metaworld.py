@@ -34,7 +34,8 @@ class ScriptedMetaWorldPolicy(BasePolicy):
     def for_benchmark(cls, benchmark: Any) -> ScriptedMetaWorldPolicy:
         if benchmark is not None and getattr(benchmark, "name", None) != "metaworld":
             raise ValueError(
-                f"the scripted policy exists only for the metaworld benchmark, not {benchmark.name!r}"
+                "the scripted policy exists only for the metaworld benchmark, "
+                f"not {benchmark.name!r}"
             )
         return cls()
 

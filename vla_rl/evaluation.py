@@ -171,7 +171,9 @@ def evaluate(
 
             for idx, r in enumerate(records):
                 if r.frames:
-                    name = f"{r.spec.task.name}_init{r.spec.init_id}_{'ok' if r.success else 'fail'}"
+                    name = (
+                        f"{r.spec.task.name}_init{r.spec.init_id}_{'ok' if r.success else 'fail'}"
+                    )
                     save_video(out / "videos" / f"{name}.mp4", r.frames)
                     results["episodes"][idx]["video"] = f"videos/{name}.mp4"
         atomic_write_json(out / "results.json", results)

@@ -1,4 +1,4 @@
-"""Reward models: trajectories -> (T, B) rewards. Plain callables, combined with weights (TRL style).
+"""Reward models: trajectories -> (T, B) rewards; plain callables combined with weights (as TRL).
 
 Sparse success, SRPO progress, VLAC critics and world-model reflectors all fit this interface.
 """

@@ -57,7 +57,12 @@ def _handle(envs: list[ChunkedEnv], command: str, payload: Any) -> Any:
             obs, _, term, trunc, info = envs[local].step(chunk)
             out.append(
                 SlotStep(
-                    obs, info["rewards"], info["steps"], term, trunc, info["success"],
+                    obs,
+                    info["rewards"],
+                    info["steps"],
+                    term,
+                    trunc,
+                    info["success"],
                     info.get("frames"),
                 )
             )
