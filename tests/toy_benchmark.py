@@ -1,0 +1,84 @@
+"""A tiny benchmark for fast engine tests: a 1-D point that must reach a target.
+
+state = [position, target]; action in [-1, 1] moves the point by 0.1 * action; success when
+|position - target| < 0.05. The initial position is drawn from the init id (deterministic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from vla_rl.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+
+TARGETS = {"left": -0.5, "right": 0.5}
+
+
+class ToyBenchmark(Benchmark):
+    name = "toy"
+    action_dim = 1
+    state_dim = 2
+
+    def __init__(self, horizon: int = 30):
+        self.horizon = horizon
+
+    def task_names(self) -> list[str]:
+        return list(TARGETS)
+
+    def task_sets(self) -> dict[str, list[str]]:
+        return {"ALL": list(TARGETS)}
+
+    def tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskSpec]:
+        check_split(split)
+        ids = tuple(range(0, 100)) if split == "train" else tuple(range(1000, 1020))
+        return [
+            TaskSpec("toy", n, f"move to the {n}", split, ids, self.horizon)
+            for n in self.resolve_task_names(names)
+        ]
+
+    def env_factory(self, cfg: EnvConfig):
+        return ToyEnvFactory(cfg)
+
+
+@dataclass
+class ToyEnvFactory:
+    cfg: EnvConfig
+
+    def __call__(self):
+        return ToyEnv(self.cfg)
+
+
+class ToyEnv(gym.Env):
+    def __init__(self, cfg: EnvConfig):
+        self.cfg = cfg
+        self.observation_space = gym.spaces.Dict(
+            {"state": gym.spaces.Box(-np.inf, np.inf, (2,), np.float32)}
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        task = options["task"]
+        rng = np.random.default_rng(options["init_id"])
+        self.target = TARGETS[task.name]
+        self.pos = float(rng.uniform(-1, 1))
+        self.t = 0
+        self.max_steps = self.cfg.max_steps or task.max_steps
+        return self._obs(), {"success": False}
+
+    def step(self, action):
+        self.pos += 0.1 * float(np.clip(action[0], -1, 1))
+        self.t += 1
+        success = abs(self.pos - self.target) < 0.05
+        reward = -abs(self.pos - self.target)
+        return self._obs(), reward, False, self.t >= self.max_steps, {"success": success}
+
+    def _obs(self):
+        return {"state": np.array([self.pos, self.target], dtype=np.float32)}
+
+    def render(self):
+        frame = np.zeros((8, 8, 3), dtype=np.uint8)
+        frame[:, int((self.pos + 1) * 3.5) % 8] = 255
+        return frame
