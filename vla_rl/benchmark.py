@@ -60,6 +60,9 @@ class EnvConfig:
     num_workers: int = 2
     """Worker processes hosting the B envs (0 = step them in the main process). Default 2 = the
     cores of the reference machine; more processes than cores gave no gain there."""
+    pipeline_groups: int = 2
+    """G: slot groups the rollout engine alternates between, so env stepping overlaps policy
+    inference and message latency (see RolloutEngine). 1 = one inference batch of all B."""
     images: bool = False
     """Render camera images into observations (slow on CPU; state-only by default)."""
     image_size: int = 128

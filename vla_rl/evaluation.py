@@ -136,7 +136,7 @@ def evaluate(
 
     venv = benchmark.make_env(tasks, env_cfg)
     try:
-        engine = RolloutEngine(venv)
+        engine = RolloutEngine(venv, env_cfg.pipeline_groups)
         start = time.perf_counter()
         records = engine.run(
             policy,

@@ -113,7 +113,7 @@ def measure_engine(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> di
     policy = ZeroPolicy.for_benchmark(benchmark, chunk_size=cfg.chunk_size)
     venv = benchmark.make_env([task], cfg.env)
     try:
-        engine = RolloutEngine(venv)
+        engine = RolloutEngine(venv, cfg.env.pipeline_groups)
         # Warm-up: build every slot's env and pay first-reset costs outside the timing.
         engine.run(policy, _episodes(replace(task, max_steps=1), cfg.env.num_envs))
         n_episodes = max(cfg.steps // task.max_steps, cfg.env.num_envs)

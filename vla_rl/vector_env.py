@@ -17,7 +17,7 @@ import multiprocessing as mp
 import os
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -82,23 +82,32 @@ def _worker(conn, env_fn: Callable[[], gym.Env], num_slots: int) -> None:
     envs: list[ChunkedEnv] = []
     try:
         envs = [ChunkedEnv(env_fn()) for _ in range(num_slots)]
-        conn.send(("ok", None))
+        conn.send((-1, "ok", None))
         while True:
-            command, payload = conn.recv()
+            tag, command, payload = conn.recv()
             if command == "close":
                 break
             try:
-                conn.send(("ok", _handle(envs, command, payload)))
+                conn.send((tag, "ok", _handle(envs, command, payload)))
             except Exception:  # report to the parent instead of dying silently
-                conn.send(("error", traceback.format_exc()))
+                conn.send((tag, "error", traceback.format_exc()))
     except (EOFError, KeyboardInterrupt):
         pass
     except Exception:
-        conn.send(("error", traceback.format_exc()))
+        conn.send((-1, "error", traceback.format_exc()))
     finally:
         for env in envs:
             env.close()
         conn.close()
+
+
+@dataclass
+class Ticket:
+    """A request in flight: its tag, the workers it went to, and the slots it covers."""
+
+    tag: int
+    workers: list[int]
+    slots: list[int] = field(default_factory=list)
 
 
 class WorkerError(RuntimeError):
@@ -118,6 +127,8 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         self.episodes: list[EpisodeSpec | None] = [None] * num_envs
         self._obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
         self._closed = False
+        self._next_tag = 0
+        self._local_results: dict[int, dict[int, Any]] = {}
         if self.num_workers == 0:
             self._local = [ChunkedEnv(env_fn()) for _ in range(num_envs)]
             self._owner = [(0, i) for i in range(num_envs)]
@@ -138,8 +149,9 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
                 self._conns.append(parent)
                 self._procs.append(proc)
                 self._owner.extend((w, i) for i in range(int(count)))
-            for conn in self._conns:
-                self._receive(conn)
+            self._stash = [{} for _ in self._conns]
+            for w in range(len(self._conns)):
+                self._receive(w, -1)
             spaces = self._request({0: ("spaces", None)})[0]
         self.single_observation_space, self.single_action_space = spaces
         self.observation_space = gym.vector.utils.batch_space(
@@ -148,33 +160,57 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
 
     # ---- transport ---------------------------------------------------------------------------
-    @staticmethod
-    def _receive(conn) -> Any:
-        status, result = conn.recv()
+    # Every request carries a tag and every worker answers its requests in order, so several
+    # requests can be in flight at once (the engine's pipelining); a reply that arrives while
+    # waiting for another tag is kept until asked for.
+    def _receive(self, w: int, tag: int) -> Any:
+        stash = self._stash[w]
+        while tag not in stash:
+            got, status, result = self._conns[w].recv()
+            stash[got] = (status, result)
+        status, result = stash.pop(tag)
         if status == "error":
-            raise WorkerError(f"env worker failed:\n{result}")
+            raise WorkerError(f"env worker {w} failed:\n{result}")
         return result
 
-    def _request(self, per_worker: dict[int, tuple[str, Any]]) -> dict[int, Any]:
-        if self._local is not None:
-            return {w: _handle(self._local, *msg) for w, msg in per_worker.items()}
-        for w, msg in per_worker.items():
-            self._conns[w].send(msg)
-        return {w: self._receive(self._conns[w]) for w in per_worker}
+    def _send(self, per_worker: dict[int, tuple[str, Any]]) -> Ticket:
+        self._next_tag += 1
+        tag = self._next_tag
+        if self._local is not None:  # in-process: run now, hand the results over on receive
+            self._local_results[tag] = {w: _handle(self._local, *m) for w, m in per_worker.items()}
+        else:
+            for w, (command, payload) in per_worker.items():
+                self._conns[w].send((tag, command, payload))
+        return Ticket(tag, list(per_worker))
 
-    def _scatter(self, command: str, slots: Sequence[int], items: Sequence[Any]) -> list[Any]:
-        """Send per-slot items to their workers in one message each; results in slot order."""
+    def _wait(self, ticket: Ticket) -> dict[int, Any]:
+        if self._local is not None:
+            return self._local_results.pop(ticket.tag)
+        return {w: self._receive(w, ticket.tag) for w in ticket.workers}
+
+    def _request(self, per_worker: dict[int, tuple[str, Any]]) -> dict[int, Any]:
+        return self._wait(self._send(per_worker))
+
+    def _scatter_send(self, command: str, slots: Sequence[int], items: Sequence[Any]) -> Ticket:
+        """Send per-slot items to their workers, one message per worker."""
         per_worker: dict[int, list[tuple[int, Any]]] = {}
-        order: dict[int, list[int]] = {}
         for slot, item in zip(slots, items):
             w, local = self._owner[slot]
             per_worker.setdefault(w, []).append((local, *item))
-            order.setdefault(w, []).append(slot)
-        replies = self._request({w: (command, p) for w, p in per_worker.items()})
-        by_slot = {}
-        for w, results in replies.items():
-            by_slot.update(zip(order[w], results))
-        return [by_slot[s] for s in slots]
+        ticket = self._send({w: (command, p) for w, p in per_worker.items()})
+        ticket.slots = list(slots)
+        return ticket
+
+    def _gather(self, ticket: Ticket) -> list[Any]:
+        """Results of a scattered request, in the order of its slots."""
+        replies = self._wait(ticket)
+        cursor = {w: 0 for w in replies}
+        out = []
+        for slot in ticket.slots:
+            w = self._owner[slot][0]
+            out.append(replies[w][cursor[w]])
+            cursor[w] += 1
+        return out
 
     # ---- slot-level API used by the rollout engine --------------------------------------------
     def reset_slots(
@@ -186,7 +222,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         """Reset `slots` into `episodes`; returns the first video frame lists (or None)."""
         record = record or [False] * len(slots)
         items = [(ep.task, ep.init_id, rec) for ep, rec in zip(episodes, record)]
-        results = self._scatter("reset", slots, items)
+        results = self._gather(self._scatter_send("reset", slots, items))
         frames = []
         for slot, ep, (obs, first_frames) in zip(slots, episodes, results):
             self.episodes[slot] = ep
@@ -196,8 +232,15 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 
     def step_slots(self, slots: Sequence[int], chunks: np.ndarray) -> list[SlotStep]:
         """Execute one chunk (Ta, Da) per slot in `slots`; chunks is (len(slots), Ta, Da)."""
-        results = self._scatter("step", slots, [(c,) for c in chunks])
-        for slot, res in zip(slots, results):
+        return self.step_wait(self.step_async(slots, chunks))
+
+    def step_async(self, slots: Sequence[int], chunks: np.ndarray) -> Ticket:
+        """Start executing one chunk per slot; collect with `step_wait(ticket)`."""
+        return self._scatter_send("step", slots, [(c,) for c in chunks])
+
+    def step_wait(self, ticket: Ticket) -> list[SlotStep]:
+        results = self._gather(ticket)
+        for slot, res in zip(ticket.slots, results):
             self._obs[slot] = res.obs
         return results
 
@@ -254,7 +297,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
             return
         for conn in self._conns:
             try:
-                conn.send(("close", None))
+                conn.send((0, "close", None))
             except (BrokenPipeError, OSError):
                 pass
         for proc in self._procs:
