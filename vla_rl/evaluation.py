@@ -122,9 +122,17 @@ def evaluate(
 
     bar = None
     if progress:
+        import sys
+
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(episodes), unit="ep", desc=f"eval {benchmark.name}", smoothing=0.1)
+        bar = tqdm(
+            total=len(episodes),
+            unit="ep",
+            desc=f"eval {benchmark.name}",
+            smoothing=0.1,
+            mininterval=0.1 if sys.stderr.isatty() else 5.0,  # keep log files short
+        )
     counts = {"done": 0, "succ": 0}
 
     def on_end(record: EpisodeRecord) -> None:
