@@ -106,9 +106,16 @@ class Benchmark(ABC):
         """
 
     def make_env(self, tasks: Sequence[TaskSpec], cfg: EnvConfig | None = None) -> ChunkedVectorEnv:
-        """B = cfg.num_envs env slots in cfg.num_workers processes, able to run any of `tasks`."""
+        """B = cfg.num_envs env slots in cfg.num_workers processes, able to run any of `tasks`.
+
+        Every slot can reset into any task of the benchmark (the engine refills slots with
+        whatever episode comes next), so `tasks` only has to belong to this benchmark.
+        """
         from vla_rl.vector_env import ChunkedVectorEnv
 
+        foreign = sorted({t.benchmark for t in tasks} - {self.name})
+        if foreign:
+            raise ValueError(f"tasks of {foreign} cannot run on benchmark {self.name!r}")
         cfg = cfg or EnvConfig()
         return ChunkedVectorEnv(self.env_factory(cfg), cfg.num_envs, cfg.num_workers)
 

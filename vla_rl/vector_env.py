@@ -13,6 +13,7 @@ message. With W = 0 the slots live in the calling process (debugging, tests, pro
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import traceback
@@ -221,7 +222,11 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
     ) -> list[list[np.ndarray] | None]:
         """Reset `slots` into `episodes`; returns the first video frame lists (or None)."""
         record = record or [False] * len(slots)
-        items = [(ep.task, ep.init_id, rec) for ep, rec in zip(episodes, record)]
+        # The worker needs the task's name, horizon and instruction, not its list of init ids.
+        items = [
+            (dataclasses.replace(ep.task, init_ids=()), ep.init_id, rec)
+            for ep, rec in zip(episodes, record)
+        ]
         results = self._gather(self._scatter_send("reset", slots, items))
         frames = []
         for slot, ep, (obs, first_frames) in zip(slots, episodes, results):
