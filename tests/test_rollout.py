@@ -11,9 +11,10 @@ from vla_rl.rollout import RolloutEngine
 from vla_rl.trajectories import Trajectories
 
 
-def run(policy, episodes, num_envs=3, num_workers=0, **kwargs):
+def run(policy, episodes, num_envs=3, num_workers=0, main_envs=0, **kwargs):
     bench = ToyBenchmark()
-    venv = bench.make_env([], EnvConfig(num_envs=num_envs, num_workers=num_workers))
+    cfg = EnvConfig(num_envs=num_envs, num_workers=num_workers, main_envs=main_envs)
+    venv = bench.make_env([], cfg)
     try:
         return RolloutEngine(venv).run(policy, episodes, **kwargs)
     finally:
@@ -36,9 +37,10 @@ def test_deterministic_under_seed_and_independent_of_workers(episodes):
     policy = GreedyToyPolicy(noise=0.5)
     a = run(policy, episodes, seed=1, keep_steps=True)
     b = run(policy, episodes, seed=1, keep_steps=True, num_workers=2)
+    mixed = run(policy, episodes, seed=1, keep_steps=True, num_workers=1, main_envs=1)
     c = run(policy, episodes, seed=2, keep_steps=True)
     steps = lambda rs: [[float(s.actions.sum()) for s in r.samples] for r in rs]  # noqa: E731
-    assert steps(a) == steps(b)
+    assert steps(a) == steps(b) == steps(mixed)
     assert steps(a) != steps(c)
 
 

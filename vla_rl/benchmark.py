@@ -60,6 +60,10 @@ class EnvConfig:
     num_workers: int = 2
     """Worker processes hosting the B envs (0 = step them in the main process). Default 2 = the
     cores of the reference machine; more processes than cores gave no gain there."""
+    main_envs: int = 0
+    """Slots stepped by the main process itself, in parallel with the workers. 0 by default; on
+    a machine where the main process has a core to spare (see docs/RESULTS.md) it replaces a
+    worker's wake-up latency with useful work."""
     pipeline_groups: int = 2
     """G: slot groups the rollout engine alternates between, so env stepping overlaps policy
     inference and message latency (see RolloutEngine). 1 = one inference batch of all B."""
@@ -117,7 +121,7 @@ class Benchmark(ABC):
         if foreign:
             raise ValueError(f"tasks of {foreign} cannot run on benchmark {self.name!r}")
         cfg = cfg or EnvConfig()
-        return ChunkedVectorEnv(self.env_factory(cfg), cfg.num_envs, cfg.num_workers)
+        return ChunkedVectorEnv(self.env_factory(cfg), cfg.num_envs, cfg.num_workers, cfg.main_envs)
 
     # ---- helpers shared by all benchmarks -----------------------------------------------------
     def resolve_task_names(self, selectors: Sequence[str] | None) -> list[str]:

@@ -75,8 +75,15 @@ def _raw_worker(env_fn, episodes, steps, noop, barrier, queue) -> None:
         env.close()
 
 
+def simulator_processes(cfg: EnvConfig) -> int:
+    """Processes that step envs in the engine: the workers, plus the main process when it hosts
+    slots too. The raw baseline gets exactly this many."""
+    workers = min(cfg.num_workers, cfg.num_envs - cfg.main_envs)
+    return max(workers + (1 if cfg.main_envs > 0 or workers == 0 else 0), 1)
+
+
 def measure_raw(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:
-    b, w = cfg.env.num_envs, max(cfg.env.num_workers, 1)
+    b, w = cfg.env.num_envs, simulator_processes(cfg.env)
     env_fn = benchmark.env_factory(cfg.env)
     eps = _episodes(task, b)
     ctx = mp.get_context("spawn")
@@ -103,7 +110,7 @@ def measure_raw(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:
         proc.join()
     steps = sum(r[0] for r in results)
     wall = max(r[1] for r in results)
-    return {"env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall}
+    return {"env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall, "processes": w}
 
 
 def measure_engine(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:

@@ -6,9 +6,9 @@ episode that ended waits for a refill). Both need per-slot options that AsyncVec
 pass. This class still is a `gymnasium.vector.VectorEnv` with the standard `reset`/`step` (all
 slots at once), and adds the slot-level calls the rollout engine uses.
 
-Slots are assigned to workers in contiguous blocks (slot i -> worker i * W // B). One message per
-worker per chunk; a worker executes the chunks of all its slots, so B/W envs amortise each
-message. With W = 0 the slots live in the calling process (debugging, tests, profiling).
+Worker slots are assigned in contiguous blocks; main-process slots (if any) come last. One
+message per worker per chunk; a worker executes the chunks of all its slots, so several envs
+amortise each message. With W = 0 every slot lives in the calling process (debugging, tests).
 """
 
 from __future__ import annotations
@@ -115,45 +115,65 @@ class WorkerError(RuntimeError):
     """An exception raised inside an env worker (its traceback is in the message)."""
 
 
-class ChunkedVectorEnv(gym.vector.VectorEnv):
-    """B = `num_envs` chunk-executing env slots in `num_workers` processes (0 = in-process)."""
+MAIN = -1  # owner id of the slots stepped by the main process itself
 
-    def __init__(self, env_fn: Callable[[], gym.Env], num_envs: int, num_workers: int = 2):
+
+class ChunkedVectorEnv(gym.vector.VectorEnv):
+    """B = `num_envs` chunk-executing env slots: `main_envs` of them stepped by the calling
+    process, the rest split over `num_workers` worker processes (num_workers = 0: all in the
+    calling process, for debugging and tests).
+
+    Main-process slots run *after* the workers' messages are sent, so they step in parallel with
+    the workers. On a machine with few cores this keeps every core busy without a process that
+    only waits (on the 2-core reference VM a process woken by a pipe message starts slowly).
+    """
+
+    def __init__(
+        self,
+        env_fn: Callable[[], gym.Env],
+        num_envs: int,
+        num_workers: int = 2,
+        main_envs: int = 0,
+    ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0 <= main_envs <= num_envs:
+            raise ValueError(f"main_envs must be in 0..num_envs ({num_envs}), got {main_envs}")
         self.num_envs = num_envs
-        self.num_workers = min(num_workers, num_envs)
+        self.num_workers = min(num_workers, num_envs - main_envs)
+        if self.num_workers == 0:
+            main_envs = num_envs
         self.episodes: list[EpisodeSpec | None] = [None] * num_envs
         self._obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
         self._closed = False
         self._next_tag = 0
-        self._local_results: dict[int, dict[int, Any]] = {}
-        if self.num_workers == 0:
-            self._local = [ChunkedEnv(env_fn()) for _ in range(num_envs)]
-            self._owner = [(0, i) for i in range(num_envs)]
-            spaces = _handle(self._local, "spaces", None)
-        else:
-            self._local = None
-            self._owner = []
-            counts = np.bincount(
-                np.arange(num_envs) * self.num_workers // num_envs, minlength=self.num_workers
-            )
+        self._main_results: dict[int, Any] = {}
+        self._conns, self._procs = [], []
+        # Slot layout: worker slots in contiguous blocks first, then the main-process slots.
+        remote = num_envs - main_envs
+        counts = np.bincount(
+            np.arange(remote) * max(self.num_workers, 1) // max(remote, 1),
+            minlength=self.num_workers,
+        )[: self.num_workers]
+        self._owner = [(w, i) for w, c in enumerate(counts) for i in range(int(c))]
+        self._owner += [(MAIN, i) for i in range(main_envs)]
+        if self.num_workers:
             ctx = mp.get_context("spawn")  # safe with torch and GL contexts in the parent
-            self._conns, self._procs = [], []
-            for w, count in enumerate(counts):
+            for count in counts:
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(target=_worker, args=(child, env_fn, int(count)), daemon=True)
                 proc.start()
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-                self._owner.extend((w, i) for i in range(int(count)))
-            self._stash = [{} for _ in self._conns]
-            for w in range(len(self._conns)):
-                self._receive(w, -1)
-            spaces = self._request({0: ("spaces", None)})[0]
+        self._main = [ChunkedEnv(env_fn()) for _ in range(main_envs)]
+        self._stash = [{} for _ in self._conns]
+        for w in range(len(self._conns)):
+            self._receive(w, -1)
+        first = MAIN if self._main else 0
+        spaces = self._request({first: ("spaces", None)})[first]
         self.single_observation_space, self.single_action_space = spaces
         self.observation_space = gym.vector.utils.batch_space(
             self.single_observation_space, num_envs
@@ -174,38 +194,39 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
             raise WorkerError(f"env worker {w} failed:\n{result}")
         return result
 
-    def _send(self, per_worker: dict[int, tuple[str, Any]]) -> Ticket:
+    def _send(self, per_owner: dict[int, tuple[str, Any]]) -> Ticket:
         self._next_tag += 1
         tag = self._next_tag
-        if self._local is not None:  # in-process: run now, hand the results over on receive
-            self._local_results[tag] = {w: _handle(self._local, *m) for w, m in per_worker.items()}
-        else:
-            for w, (command, payload) in per_worker.items():
+        for w, (command, payload) in per_owner.items():
+            if w != MAIN:
                 self._conns[w].send((tag, command, payload))
-        return Ticket(tag, list(per_worker))
+        if MAIN in per_owner:  # step our own slots while the workers step theirs
+            self._main_results[tag] = _handle(self._main, *per_owner[MAIN])
+        return Ticket(tag, list(per_owner))
 
     def _wait(self, ticket: Ticket) -> dict[int, Any]:
-        if self._local is not None:
-            return self._local_results.pop(ticket.tag)
-        return {w: self._receive(w, ticket.tag) for w in ticket.workers}
+        return {
+            w: self._main_results.pop(ticket.tag) if w == MAIN else self._receive(w, ticket.tag)
+            for w in ticket.workers
+        }
 
-    def _request(self, per_worker: dict[int, tuple[str, Any]]) -> dict[int, Any]:
-        return self._wait(self._send(per_worker))
+    def _request(self, per_owner: dict[int, tuple[str, Any]]) -> dict[int, Any]:
+        return self._wait(self._send(per_owner))
 
     def _scatter_send(self, command: str, slots: Sequence[int], items: Sequence[Any]) -> Ticket:
-        """Send per-slot items to their workers, one message per worker."""
-        per_worker: dict[int, list[tuple[int, Any]]] = {}
+        """Send per-slot items to their owners, one message per worker."""
+        per_owner: dict[int, list[tuple[int, Any]]] = {}
         for slot, item in zip(slots, items):
             w, local = self._owner[slot]
-            per_worker.setdefault(w, []).append((local, *item))
-        ticket = self._send({w: (command, p) for w, p in per_worker.items()})
+            per_owner.setdefault(w, []).append((local, *item))
+        ticket = self._send({w: (command, p) for w, p in per_owner.items()})
         ticket.slots = list(slots)
         return ticket
 
     def _gather(self, ticket: Ticket) -> list[Any]:
         """Results of a scattered request, in the order of its slots."""
         replies = self._wait(ticket)
-        cursor = {w: 0 for w in replies}
+        cursor = dict.fromkeys(replies, 0)
         out = []
         for slot in ticket.slots:
             w = self._owner[slot][0]
@@ -263,8 +284,8 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 
     def call(self, name: str, *args: Any) -> list[Any]:
         """Call a method of every slot's underlying env; results in slot order."""
-        workers = sorted({w for w, _ in self._owner})
-        replies = self._request({w: ("call", (name, args)) for w in workers})
+        owners = sorted({w for w, _ in self._owner})
+        replies = self._request({w: ("call", (name, args)) for w in owners})
         return [replies[w][local] for w, local in self._owner]
 
     # ---- standard gymnasium VectorEnv API (all slots at once) ---------------------------------
@@ -296,10 +317,8 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         if self._closed:
             return
         self._closed = True
-        if self._local is not None:
-            for env in self._local:
-                env.close()
-            return
+        for env in self._main:
+            env.close()
         for conn in self._conns:
             try:
                 conn.send((0, "close", None))
