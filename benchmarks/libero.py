@@ -21,7 +21,7 @@ Conventions (each with its source):
   * Action: 7-D OSC_POSE delta (xyz, axis-angle) + gripper (-1 open, +1 close), in [-1, 1].
   * Fast rendering (default) turns off reflections, shadows and multisampling: 2-3x faster on a
     CPU, but frames differ slightly from upstream LIBERO renders. Evaluate policies trained on
-    upstream LIBERO data with `--env.fast-render False`.
+    upstream LIBERO data with `--env.no-fast-render`.
 """
 
 from __future__ import annotations

@@ -43,6 +43,9 @@ class BenchConfig:
     chunk_size: int = 1
     """Ta of the trivial policy in the engine and sequential modes. 1 = a closed-loop policy,
     the worst case for the engine (one message per env step)."""
+    repeats: int = 3
+    """Rounds of (raw, engine, sequential), interleaved so that slow phases of a noisy VM hit
+    every mode alike; medians are reported."""
     output: str | None = None
     """Write the measurements as JSON here (with config, commit and machine)."""
     env: EnvConfig = field(default_factory=lambda: EnvConfig(video_size=0))
@@ -169,23 +172,35 @@ def run_rollout_bench(cfg: BenchConfig) -> int:
     task = replace(benchmark.tasks("train", [name])[0], max_steps=cfg.max_steps)
     print(
         f"bench {cfg.benchmark}/{name}: B={cfg.env.num_envs} envs, W={cfg.env.num_workers} "
-        f"workers, Ta={cfg.chunk_size}, images={cfg.env.images}, {os.cpu_count()} cores"
+        f"workers + {cfg.env.main_envs} envs in the main process "
+        f"({simulator_processes(cfg.env)} simulator processes), G={cfg.env.pipeline_groups}, "
+        f"Ta={cfg.chunk_size}, images={cfg.env.images}, {os.cpu_count()} cores"
     )
-    results = {}
-    for mode, fn in (
-        ("raw", measure_raw),
-        ("engine", measure_engine),
-        ("sequential", measure_sequential),
-    ):
-        results[mode] = fn(benchmark, task, cfg)
-        print(
-            f"  {mode:<10} {results[mode]['env_steps_per_s']:8.1f} env steps/s "
-            f"({results[mode]['env_steps']} steps in {results[mode]['wall_s']:.1f} s)",
-            flush=True,
+    if cfg.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {cfg.repeats}")
+    modes = (("raw", measure_raw), ("engine", measure_engine), ("sequential", measure_sequential))
+    runs: dict[str, list[dict]] = {mode: [] for mode, _ in modes}
+    for round_ in range(cfg.repeats):
+        for mode, fn in modes:
+            run = fn(benchmark, task, cfg)
+            runs[mode].append(run)
+            print(
+                f"  round {round_ + 1}: {mode:<10} {run['env_steps_per_s']:8.1f} env steps/s "
+                f"({run['env_steps']} steps in {run['wall_s']:.1f} s)",
+                flush=True,
+            )
+    results: dict = {"runs": runs}
+    for mode, _ in modes:
+        results[f"{mode}_steps_per_s"] = float(
+            np.median([r["env_steps_per_s"] for r in runs[mode]])
         )
-    engine = results["engine"]["env_steps_per_s"]
-    results["engine_over_raw"] = engine / results["raw"]["env_steps_per_s"]
-    results["engine_over_sequential"] = engine / results["sequential"]["env_steps_per_s"]
+    engine = results["engine_steps_per_s"]
+    results["engine_over_raw"] = engine / results["raw_steps_per_s"]
+    results["engine_over_sequential"] = engine / results["sequential_steps_per_s"]
+    print(
+        f"  medians: raw {results['raw_steps_per_s']:.1f}, engine {engine:.1f}, "
+        f"sequential {results['sequential_steps_per_s']:.1f} env steps/s"
+    )
     print(f"  engine / raw        = {results['engine_over_raw']:.2f}")
     print(f"  engine / sequential = {results['engine_over_sequential']:.2f}")
     if cfg.output:

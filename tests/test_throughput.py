@@ -1,0 +1,33 @@
+"""The rollout throughput bench measures the same work in its three modes."""
+
+from dataclasses import replace
+
+from toy_benchmark import ToyBenchmark
+
+from vla_rl.benchmark import EnvConfig
+from vla_rl.throughput import (
+    BenchConfig,
+    measure_engine,
+    measure_raw,
+    measure_sequential,
+    simulator_processes,
+)
+
+
+def test_three_modes_count_env_steps():
+    bench = ToyBenchmark()
+    cfg = BenchConfig(steps=400, max_steps=20, env=EnvConfig(num_envs=4, num_workers=1))
+    task = replace(bench.tasks("train", ["left"])[0], max_steps=cfg.max_steps)
+    raw, engine, seq = (fn(bench, task, cfg) for fn in (measure_raw, measure_engine,
+                                                         measure_sequential))  # fmt: skip
+    assert raw["env_steps"] >= 400 and raw["processes"] == 1
+    # 20 episodes of at most 20 steps (a start within reach of the target ends one early)
+    assert 300 < engine["env_steps"] <= 400
+    assert seq["env_steps"] == 200
+    assert all(r["env_steps_per_s"] > 0 for r in (raw, engine, seq))
+
+
+def test_raw_baseline_gets_the_engines_process_count():
+    assert simulator_processes(EnvConfig(num_envs=8, num_workers=2)) == 2
+    assert simulator_processes(EnvConfig(num_envs=8, num_workers=1, main_envs=3)) == 2
+    assert simulator_processes(EnvConfig(num_envs=8, num_workers=0)) == 1
