@@ -98,3 +98,29 @@ def test_video_frames_only_for_requested_episodes(episodes):
     records = run(GreedyToyPolicy(), episodes, record_video=lambda i, spec: i == 1)
     assert records[0].frames is None
     assert len(records[1].frames) == records[1].env_steps + 1  # reset frame + one per step
+
+
+def test_standard_vector_env_api_steps_every_slot():
+    bench = ToyBenchmark()
+    tasks = bench.tasks("eval")
+    venv = bench.make_env(tasks, EnvConfig(num_envs=2, num_workers=1))
+    try:
+        with pytest.raises(ValueError, match="episodes"):
+            venv.reset()
+        obs, _ = venv.reset(options={"episodes": [EpisodeSpec(t, 1000) for t in tasks]})
+        assert obs["state"].shape == (2, 2) and obs["task"] == ["left", "right"]
+        actions = np.zeros((2, 3, 1), dtype=np.float32)
+        obs, rewards, terminated, truncated, infos = venv.step(actions)
+        assert rewards.shape == (2,) and terminated.dtype == bool and truncated.shape == (2,)
+        # zero actions: a slot runs the whole chunk unless it starts on its target (success)
+        assert infos["steps"].tolist() == [1 if t else 3 for t in terminated]
+        assert venv.single_action_space.shape == (1,) and venv.action_space.shape == (2, 1)
+    finally:
+        venv.close()
+
+
+def test_benchmark_refuses_foreign_tasks():
+    from vla_rl.benchmark import get_benchmark
+
+    with pytest.raises(ValueError, match="cannot run on benchmark"):
+        get_benchmark("metaworld").make_env(ToyBenchmark().tasks("eval"))
