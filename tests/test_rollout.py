@@ -124,3 +124,17 @@ def test_benchmark_refuses_foreign_tasks():
 
     with pytest.raises(ValueError, match="cannot run on benchmark"):
         get_benchmark("metaworld").make_env(ToyBenchmark().tasks("eval"))
+
+
+def test_a_dead_worker_gives_a_clear_error():
+    from vla_rl.vector_env import WorkerError
+
+    bench = ToyBenchmark()
+    tasks = bench.tasks("eval")
+    venv = bench.make_env(tasks, EnvConfig(num_envs=2, num_workers=1))
+    try:
+        venv._procs[0].kill()
+        with pytest.raises(WorkerError, match="died"):
+            venv.reset_slots([0, 1], [EpisodeSpec(t, 1000) for t in tasks])
+    finally:
+        venv.close()

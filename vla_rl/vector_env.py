@@ -187,7 +187,15 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
     def _receive(self, w: int, tag: int) -> Any:
         stash = self._stash[w]
         while tag not in stash:
-            got, status, result = self._conns[w].recv()
+            try:
+                got, status, result = self._conns[w].recv()
+            except (EOFError, ConnectionResetError) as err:
+                self._procs[w].join(timeout=1)
+                code = self._procs[w].exitcode
+                raise WorkerError(
+                    f"env worker {w} died (exit code {code}); its envs are lost, "
+                    "make a new env to continue"
+                ) from err
             stash[got] = (status, result)
         status, result = stash.pop(tag)
         if status == "error":
@@ -199,7 +207,10 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         tag = self._next_tag
         for w, (command, payload) in per_owner.items():
             if w != MAIN:
-                self._conns[w].send((tag, command, payload))
+                try:
+                    self._conns[w].send((tag, command, payload))
+                except (BrokenPipeError, ConnectionResetError) as err:
+                    raise WorkerError(f"env worker {w} died; make a new env to continue") from err
         if MAIN in per_owner:  # step our own slots while the workers step theirs
             self._main_results[tag] = _handle(self._main, *per_owner[MAIN])
         return Ticket(tag, list(per_owner))
