@@ -150,10 +150,11 @@ class RolloutEngine:
             stats.decision_steps += len(slots)
             for row, (slot, res) in enumerate(zip(slots, results)):
                 idx, record = active[slot]
+                chunk_reward = float(res.rewards.sum())
                 record.env_steps += res.steps
-                record.episode_return += float(res.rewards.sum())
+                record.episode_return += chunk_reward
                 record.chunk_steps.append(res.steps)
-                record.rewards.append(float(res.rewards.sum()))
+                record.rewards.append(chunk_reward)
                 if keep_steps:
                     record.observations.append(index_obs(obs, [row]))
                     record.samples.append(sample.index([row]))
@@ -185,9 +186,7 @@ class RolloutEngine:
                 for g, group in enumerate(groups):
                     if in_flight[g] is not None:
                         collect(in_flight[g])
-                        in_flight[g] = launch(group)
-                    elif pending:
-                        in_flight[g] = launch(group)
+                    in_flight[g] = launch(group)  # None once the group has nothing left to run
         finally:
             if seed is not None:
                 torch.random.set_rng_state(rng_state)
