@@ -1,11 +1,13 @@
 """`vla-rl`: the command line. One subcommand per job; each parses its own config dataclass.
 
 Errors a user can cause (an unknown name, a missing file, a bad value) print one clear line that
-names the valid choices and exit with status 2, before anything is written.
+names the valid choices and exit with status 2, before anything is written. VLA_RL_DEBUG=1 shows
+the full traceback instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,10 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_EXIT
     try:
         return COMMANDS[command][0](rest)
-    except (UnknownNameError, ConfigError, FileNotFoundError) as err:
-        print(f"vla-rl {command}: error: {err}", file=sys.stderr)
-        return USAGE_EXIT
-    except ValueError as err:
+    except (UnknownNameError, ConfigError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("VLA_RL_DEBUG"):  # the full traceback, for bug reports
+            raise
         print(f"vla-rl {command}: error: {err}", file=sys.stderr)
         return USAGE_EXIT
 
