@@ -98,6 +98,8 @@ class LiberoSuite(Benchmark):
     action_dim = ACTION_DIM
     state_dim = STATE_DIM
     noop_action = NOOP_ACTION
+    fps = 20  # robosuite control_freq=20 (LIBERO's ControlEnv default)
+    camera_names = ("agentview", "wrist")
 
     def __init__(self, config: LiberoConfig | None = None):
         self.config = config or LiberoConfig()

@@ -124,6 +124,8 @@ class MetaWorldBenchmark(Benchmark):
     name = "metaworld"
     action_dim = ACTION_DIM
     state_dim = STATE_DIM
+    fps = 80  # MuJoCo timestep 0.0025 s x frame_skip 5 = 12.5 ms per env step
+    camera_names = (CAMERA,)
 
     def __init__(self, config: MetaWorldConfig | None = None):
         self.config = config or MetaWorldConfig()

@@ -6,7 +6,7 @@ import torch
 from toy_benchmark import ToyBenchmark
 from toy_policies import GreedyToyPolicy
 
-from vla_rl.benchmark import EnvConfig, EpisodeSpec, eval_episodes, group_episodes
+from vla_rl.benchmark import EnvConfig, EpisodeSpec, first_episodes, group_episodes
 from vla_rl.rollout import RolloutEngine
 from vla_rl.trajectories import Trajectories
 
@@ -23,7 +23,7 @@ def run(policy, episodes, num_envs=3, num_workers=0, main_envs=0, **kwargs):
 
 @pytest.fixture
 def episodes():
-    return eval_episodes(ToyBenchmark().tasks("eval"), 4)  # 8 episodes > 3 slots: refills
+    return first_episodes(ToyBenchmark().tasks("eval"), 4)  # 8 episodes > 3 slots: refills
 
 
 def test_all_episodes_run_once_in_order(episodes):

@@ -87,6 +87,8 @@ class Benchmark(ABC):
     name: str = "benchmark"
     action_dim: int = 0  # Da
     state_dim: int = 0  # Ds
+    fps: int = 0  # control steps per second of simulated time (dataset timestamps, videos)
+    camera_names: tuple[str, ...] = ()  # the Ncam cameras of obs["image"], in order
 
     @abstractmethod
     def task_names(self) -> list[str]:
@@ -161,8 +163,9 @@ def check_disjoint(train: Sequence[TaskSpec], eval_: Sequence[TaskSpec]) -> None
         raise AssertionError(f"train and eval initial states overlap: {overlap[:5]}")
 
 
-def eval_episodes(tasks: Sequence[TaskSpec], episodes_per_task: int) -> list[EpisodeSpec]:
-    """The fixed eval protocol: the first `episodes_per_task` init states of each task, in order."""
+def first_episodes(tasks: Sequence[TaskSpec], episodes_per_task: int) -> list[EpisodeSpec]:
+    """The first `episodes_per_task` init states of each task, in order: the fixed eval protocol
+    on eval tasks, and the fixed demonstration set on train tasks."""
     out = []
     for task in tasks:
         if episodes_per_task > len(task.init_ids):

@@ -94,6 +94,14 @@ def cmd_benchmarks(args: list[str]) -> int:
     return 0
 
 
+def cmd_collect(args: list[str]) -> int:
+    from vla_rl.collect import CollectConfig, collect, print_summary
+
+    cfg = parse_cli(CollectConfig, args, prog="vla-rl collect", description=CollectConfig.__doc__)
+    print_summary(cfg, collect(cfg))
+    return 0
+
+
 def cmd_doctor(args: list[str]) -> int:
     from vla_rl.doctor import DoctorConfig, run_doctor
 
@@ -110,6 +118,7 @@ def cmd_bench(args: list[str]) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
+    "collect": (cmd_collect, "roll out a policy on the train split; save a LeRobot v3 dataset"),
     "benchmarks": (cmd_benchmarks, "list benchmarks, task sets, tasks and policies"),
     "doctor": (cmd_doctor, "check the installation and say how to fix what is missing"),
     "bench": (cmd_bench, "measure rollout throughput (engine vs raw simulator vs sequential)"),

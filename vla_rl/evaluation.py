@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from vla_rl.atomic_io import atomic_write_json
-from vla_rl.benchmark import Benchmark, EnvConfig, eval_episodes
+from vla_rl.benchmark import Benchmark, EnvConfig, first_episodes
 from vla_rl.policy import BasePolicy
+from vla_rl.progress import episode_progress
 from vla_rl.provenance import provenance
 from vla_rl.rollout import EpisodeRecord, RolloutEngine
 from vla_rl.stats import wilson_interval
@@ -115,32 +116,12 @@ def evaluate(
     names = benchmark.resolve_task_names(task_names or default_task_selection(benchmark))
     tasks = benchmark.tasks("eval", names)
     n = episodes_per_task or min(len(t.init_ids) for t in tasks)
-    episodes = eval_episodes(tasks, n)
+    episodes = first_episodes(tasks, n)
 
     def wants_video(idx: int, spec) -> bool:
         return videos_per_task > 0 and (idx % n) < videos_per_task
 
-    bar = None
-    if progress:
-        import sys
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=len(episodes),
-            unit="ep",
-            desc=f"eval {benchmark.name}",
-            smoothing=0.1,
-            mininterval=0.1 if sys.stderr.isatty() else 5.0,  # keep log files short
-        )
-    counts = {"done": 0, "succ": 0}
-
-    def on_end(record: EpisodeRecord) -> None:
-        counts["done"] += 1
-        counts["succ"] += int(record.success)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(success=f"{counts['succ'] / counts['done']:.2f}")
+    bar, on_end = episode_progress(len(episodes), f"eval {benchmark.name}", progress)
 
     venv = benchmark.make_env(tasks, env_cfg)
     try:
