@@ -83,6 +83,11 @@ POLICIES.register(
     "all-zero actions (LIBERO: gripper open); a trivial policy for throughput tests",
 )
 POLICIES.register(
+    "flow",
+    "vla_rl.policies.flow_chunk:FlowChunkPolicy",
+    "pi0-style flow-matching action-chunk policy (load from a checkpoint directory)",
+)
+POLICIES.register(
     "random",
     "vla_rl.policies.trivial:RandomPolicy",
     "uniform random actions in the env's action box",
