@@ -68,7 +68,7 @@ def test_eval_cli_on_metaworld(tmp_path, capsys):
         (["eval", "--tasks", "reach-v3", "--episodes", "51"], "valid: 1..50"),
         (["eval", "--episodes", "0"], "must be >= 1"),
         (["eval", "--config", "missing.yaml"], "config file not found"),
-        (["nope"], "valid choices: eval, collect, benchmarks, doctor, bench"),
+        (["nope"], "valid choices: eval, collect, pretrain, benchmarks, doctor, bench"),
     ],
 )
 def test_bad_input_gives_clear_error_and_writes_nothing(tmp_path, capsys, args, message):

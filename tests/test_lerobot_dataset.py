@@ -141,3 +141,41 @@ def test_collect_with_nothing_to_keep_writes_nothing(tmp_path, capsys):
                  "--no-progress"])  # fmt: skip
     assert code == 2 and "no episode succeeded" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_pretrain_runs_checkpoints_and_resumes(tmp_path):
+    from vla_rl.cli import main
+    from vla_rl.policy import load_policy
+
+    data = tmp_path / "demos"
+    assert main(["collect", "--output", str(data), "--tasks", "reach-v3", "--episodes", "2",
+                 "--env.num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    run = tmp_path / "run"
+    args = ["pretrain", "--dataset", str(data), "--output-dir", str(run), "--batch-size", "16",
+            "--hidden", "16", "--eval-every", "20", "--save-every", "20", "--eval-episodes", "1",
+            "--env.num-envs", "1", "--env.num-workers", "0", "--env.max-steps", "40",
+            "--logger", "none", "--no-progress"]  # fmt: skip
+    assert main([*args, "--steps", "20"]) == 0
+    first = json.loads((run / "checkpoint/state.json").read_text())
+    assert first["step"] == 20 and len(first["curve"]) == 1
+    # a second invocation with --resume continues from step 20 instead of starting over
+    assert main([*args, "--steps", "40", "--resume"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 40 and [p["step"] for p in results["curve"]] == [20, 40]
+    assert (run / "learning_curve.png").stat().st_size > 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert any("train/bc_loss" in line for line in lines)
+    policy = load_policy(str(run / "policy"))
+    assert policy.policy_type == "flow" and policy.chunk_size == 8
+    # normalisation statistics travel with the checkpoint
+    actions = np.concatenate([e.action for e in LeRobotDataset(data)])
+    np.testing.assert_allclose(policy.normalizer.action_low.numpy(), actions.min(0), rtol=1e-5)
+
+
+def test_pretrain_bad_input(tmp_path, capsys):
+    from vla_rl.cli import main
+
+    assert main(["pretrain", "--dataset", str(tmp_path / "nope")]) == 2
+    assert "not a LeRobot dataset" in capsys.readouterr().err
+    assert main(["pretrain", "--dataset", "x", "--policy", "token"]) == 2
+    assert "valid choices: flow" in capsys.readouterr().err

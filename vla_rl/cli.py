@@ -102,6 +102,23 @@ def cmd_collect(args: list[str]) -> int:
     return 0
 
 
+def cmd_pretrain(args: list[str]) -> int:
+    from vla_rl.pretrain import PretrainConfig, pretrain
+
+    cfg = parse_cli(
+        PretrainConfig, args, prog="vla-rl pretrain", description=PretrainConfig.__doc__
+    )
+    res = pretrain(cfg)
+    final = res["final_eval"]
+    lo, hi = final["ci95"]
+    print(
+        f"\n{res['demonstrations']} demos, {res['steps']} steps in {res['train_wall_s']:.0f} s; "
+        f"eval success {final['success_rate']:.3f} [{lo:.3f}, {hi:.3f}]; "
+        f"policy: {res['policy_dir']} (plot: {Path(cfg.output_dir) / 'learning_curve.png'})"
+    )
+    return 0
+
+
 def cmd_doctor(args: list[str]) -> int:
     from vla_rl.doctor import DoctorConfig, run_doctor
 
@@ -119,6 +136,7 @@ def cmd_bench(args: list[str]) -> int:
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
     "collect": (cmd_collect, "roll out a policy on the train split; save a LeRobot v3 dataset"),
+    "pretrain": (cmd_pretrain, "behaviour-clone a policy family on a demonstration dataset"),
     "benchmarks": (cmd_benchmarks, "list benchmarks, task sets, tasks and policies"),
     "doctor": (cmd_doctor, "check the installation and say how to fix what is missing"),
     "bench": (cmd_bench, "measure rollout throughput (engine vs raw simulator vs sequential)"),

@@ -1,0 +1,43 @@
+"""Learning curves as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def plot_learning_curve(
+    points: list[dict], path: str | Path, title: str, x_keys: tuple[str, ...] = ("step", "wall_s")
+) -> None:
+    """Success rate with its 95% interval against each of `x_keys`, one panel each.
+
+    points: dicts with the x keys, "success_rate" and "ci95" ([low, high]).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"step": "training step", "wall_s": "wall-clock (s)", "env_steps": "env steps"}
+    fig, axes = plt.subplots(1, len(x_keys), figsize=(5 * len(x_keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], x_keys):
+        xs = [p[key] for p in points]
+        ys = [p["success_rate"] for p in points]
+        ax.fill_between(xs, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points],
+                        alpha=0.25, label="95% Wilson interval")  # fmt: skip
+        ax.plot(xs, ys, marker="o", label="eval success")
+        ax.set_xlabel(labels.get(key, key))
+        ax.set_ylabel("success rate (eval split)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,265 @@
+"""`vla-rl pretrain`: behaviour cloning of a native policy family on a demonstration dataset.
+
+Reads top to bottom: load demonstrations -> build chunk samples -> build (or resume) the policy
+-> loop: minibatch BC loss, periodic eval on the eval split, atomic checkpoints -> final policy,
+results JSON and learning-curve plot.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_rl.atomic_io import atomic_directory, atomic_write_json
+from vla_rl.benchmark import EnvConfig, get_benchmark
+from vla_rl.config import ConfigError, to_dict
+from vla_rl.evaluation import evaluate
+from vla_rl.lerobot_dataset import Episode, LeRobotDataset
+from vla_rl.provenance import provenance
+from vla_rl.registry import check_choice
+
+FAMILIES = ("flow",)  # token and diffusion families arrive next (issue 3)
+
+
+@dataclass
+class PretrainConfig:
+    """`vla-rl pretrain`: behaviour cloning on demonstrations, with periodic eval."""
+
+    dataset: str = ""
+    """A LeRobot v3.0 dataset directory (e.g. from `vla-rl collect`) or a LIBERO .hdf5 file."""
+    policy: str = "flow"
+    """Policy family to train: flow."""
+    output_dir: str = "runs/pretrain/flow"
+    """Run directory: policy/, checkpoint/, metrics.jsonl, tensorboard/, results.json, plot."""
+    benchmark: str = "metaworld"
+    """Benchmark whose eval split scores the policy during training."""
+    eval_tasks: tuple[str, ...] = ()
+    """Tasks for the periodic eval; empty = the dataset's tasks."""
+    eval_every: int = 1000
+    """Training steps between evaluations (and at the end)."""
+    eval_episodes: int = 10
+    """Eval episodes per task at each periodic evaluation (the final one uses the same count)."""
+    steps: int = 5000
+    """Gradient steps."""
+    batch_size: int = 256
+    """Chunks per gradient step."""
+    lr: float = 3e-4
+    """Adam learning rate; 3e-4 is the usual Adam rate for small MLP BC policies."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip, as diffusion-policy and lerobot trainers use."""
+    chunk_size: int = 8
+    """Ta: actions per predicted chunk (see FlowChunkPolicy)."""
+    hidden: int = 256
+    """Width of the policy's networks."""
+    images: bool = False
+    """Train on the dataset's camera streams as well as the state (needs --env.images in eval)."""
+    save_every: int = 1000
+    """Steps between checkpoints (written atomically; --resume continues from the last)."""
+    resume: bool = False
+    """Continue from output_dir/checkpoint if it exists."""
+    seed: int = 0
+    logger: str = "tensorboard"
+    """Metrics backend beside metrics.jsonl: tensorboard, wandb (offline) or none."""
+    progress: bool = True
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(video_size=0))
+
+
+def load_episodes(path: str | Path, images: bool) -> list[Episode]:
+    path = Path(path)
+    if path.suffix in (".hdf5", ".h5"):
+        from vla_rl.libero_hdf5 import read_libero_hdf5
+
+        return read_libero_hdf5(path, load_images=images)
+    dataset = LeRobotDataset(path)
+    return [dataset.episode(i, load_images=images) for i in range(len(dataset))]
+
+
+@dataclass
+class ChunkData:
+    """Every (frame, following chunk) pair of the demonstrations: chunks past an episode's end
+    repeat its last action (the robot holds still), as Diffusion Policy pads."""
+
+    state: np.ndarray  # (N, Ds)
+    instruction: list[str]  # N
+    actions: np.ndarray  # (N, Ta, Da)
+    image: np.ndarray | None  # (N, Ncam, H, W, 3)
+
+    @classmethod
+    def build(cls, episodes: list[Episode], chunk_size: int, images: bool) -> ChunkData:
+        states, instructions, chunks, frames = [], [], [], []
+        for ep in episodes:
+            t = ep.length
+            idx = np.minimum(np.arange(t)[:, None] + np.arange(chunk_size)[None], t - 1)
+            chunks.append(ep.action[idx])
+            states.append(ep.state)
+            instructions += [ep.task] * t
+            if images:
+                frames.append(np.stack([ep.images[c] for c in sorted(ep.images)], 1))
+        return cls(
+            np.concatenate(states).astype(np.float32),
+            instructions,
+            np.concatenate(chunks).astype(np.float32),
+            np.concatenate(frames) if images else None,
+        )
+
+    def batch(self, idx: np.ndarray) -> tuple[dict, torch.Tensor]:
+        obs: dict[str, Any] = {
+            "state": self.state[idx],
+            "instruction": [self.instruction[i] for i in idx],
+            "task": [""] * len(idx),
+        }
+        if self.image is not None:
+            obs["image"] = self.image[idx]
+        return obs, torch.as_tensor(self.actions[idx])
+
+
+def build_policy(cfg: PretrainConfig, data: ChunkData, instructions: list[str]):
+    from vla_rl.policies.flow_chunk import FlowChunkPolicy
+    from vla_rl.policies.obs_encoder import InstructionTokenizer
+
+    policy = FlowChunkPolicy(
+        state_dim=data.state.shape[1],
+        action_dim=data.actions.shape[2],
+        vocab=InstructionTokenizer.train(instructions).vocab,
+        chunk_size=cfg.chunk_size,
+        hidden=cfg.hidden,
+        num_cameras=0 if data.image is None else data.image.shape[1],
+    )
+    policy.normalizer.fit(data.state, data.actions[:, 0])
+    return policy
+
+
+def save_checkpoint(run: Path, policy, optimizer, state: dict) -> None:
+    """policy/ + trainer.pt (optimizer, RNGs) + state.json, replaced in one atomic rename."""
+    with atomic_directory(run / "checkpoint") as tmp:
+        policy.save_pretrained(tmp / "policy")
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "torch_rng": torch.random.get_rng_state()},
+            tmp / "trainer.pt",
+        )
+        (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    from tqdm.auto import tqdm
+
+    from vla_rl.metrics import MetricsLogger
+    from vla_rl.plots import plot_learning_curve
+    from vla_rl.policy import load_policy
+
+    check_choice("policy family", cfg.policy, FAMILIES)
+    if not cfg.dataset:
+        raise ConfigError("--dataset is required (a LeRobot v3.0 directory or a LIBERO .hdf5)")
+    for name in ("steps", "batch_size", "eval_every", "save_every", "eval_episodes", "chunk_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    benchmark = get_benchmark(cfg.benchmark)
+    episodes = load_episodes(cfg.dataset, cfg.images)
+    if not episodes:
+        raise ValueError(f"{cfg.dataset} holds no episodes")
+    data = ChunkData.build(episodes, cfg.chunk_size, cfg.images)
+    instructions = sorted({ep.task for ep in episodes})
+    by_instruction = {t.instruction: t.name for t in benchmark.tasks("eval")}
+    eval_tasks = list(cfg.eval_tasks) or [
+        by_instruction[i] for i in instructions if i in by_instruction
+    ]
+    if not eval_tasks:
+        raise ValueError(
+            f"none of the dataset's instructions is a {cfg.benchmark} task; pass --eval-tasks"
+        )
+    benchmark.resolve_task_names(eval_tasks)  # validate names before training starts
+
+    run = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    state: dict[str, Any] = {"step": 0, "wall_s": 0.0, "curve": []}
+    resumed = cfg.resume and (run / "checkpoint" / "state.json").is_file()
+    if resumed:
+        policy = load_policy(str(run / "checkpoint" / "policy"))
+        state = json.loads((run / "checkpoint" / "state.json").read_text())
+        rng.bit_generator.state = state.pop("numpy_rng")
+    else:
+        policy = build_policy(cfg, data, instructions)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+    if resumed:
+        trainer = torch.load(run / "checkpoint" / "trainer.pt", weights_only=False)
+        optimizer.load_state_dict(trainer["optimizer"])
+        torch.random.set_rng_state(trainer["torch_rng"])
+
+    logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
+
+    def run_eval(step: int) -> dict:
+        res = evaluate(
+            policy,
+            benchmark,
+            task_names=eval_tasks,
+            episodes_per_task=cfg.eval_episodes,
+            env_cfg=cfg.env,
+            seed=cfg.seed,
+            progress=False,
+        )
+        point = {"step": step, "wall_s": round(state["wall_s"], 1),
+                 "success_rate": res["success_rate"], "ci95": res["success_ci95"]}  # fmt: skip
+        logger.log(step, {"eval/success_rate": res["success_rate"]})
+        return point | {"per_task": {k: v["success_rate"] for k, v in res["per_task"].items()}}
+
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"pretrain {cfg.policy}",
+               unit="step", disable=not cfg.progress)  # fmt: skip
+    policy.train()
+    try:
+        while state["step"] < cfg.steps:
+            start = time.perf_counter()
+            obs, actions = data.batch(rng.integers(len(data.state), size=cfg.batch_size))
+            loss = policy.bc_loss(obs, actions)
+            optimizer.zero_grad()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            state["wall_s"] += time.perf_counter() - start
+            step = state["step"]
+            bar.update(1)
+            if step % 50 == 0 or step == 1:
+                logger.log(
+                    step, {"train/bc_loss": loss.item(), "train/grad_norm": grad_norm.item()}
+                )
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                policy.eval()
+                state["curve"].append(run_eval(step))
+                policy.train()
+                bar.set_postfix(loss=f"{loss.item():.4f}",
+                                success=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                saved = dict(state, numpy_rng=rng.bit_generator.state)
+                save_checkpoint(run, policy, optimizer, saved)
+    finally:
+        bar.close()
+        logger.close()
+
+    policy.save_pretrained(run / "policy")
+    final = state["curve"][-1]
+    results = {
+        "policy_dir": str(run / "policy"),
+        "dataset": cfg.dataset,
+        "demonstrations": len(episodes),
+        "frames": int(len(data.state)),
+        "steps": state["step"],
+        "train_wall_s": round(state["wall_s"], 1),
+        "final_eval": final,
+        "curve": state["curve"],
+        "config": to_dict(cfg),
+        "provenance": provenance(),
+    }
+    atomic_write_json(run / "results.json", results)
+    plot_learning_curve(
+        state["curve"], run / "learning_curve.png",
+        title=f"{cfg.policy} BC on {Path(cfg.dataset).name} ({len(episodes)} demos)",
+    )  # fmt: skip
+    return results
