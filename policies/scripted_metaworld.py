@@ -52,5 +52,7 @@ class ScriptedMetaWorldPolicy(BasePolicy):
                 actions.append(self._experts[task].get_action(np.asarray(state, np.float64)))
         acts = torch.as_tensor(np.stack(actions), dtype=torch.float32)[:, None]  # (B, Ta=1, Da)
         if self.action_noise > 0 and not deterministic:
-            acts = (acts + self.action_noise * torch.randn_like(acts)).clamp(-1.0, 1.0)
-        return ActionSample(actions=acts, log_prob=None)
+            acts = acts + self.action_noise * torch.randn_like(acts)
+        # The experts' gains push raw actions far outside the action box (up to about +-10);
+        # Meta-World clips them. Return what the env executes, so demonstrations record it.
+        return ActionSample(actions=acts.clamp(-1.0, 1.0), log_prob=None)

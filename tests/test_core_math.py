@@ -62,6 +62,7 @@ def test_atomic_json_and_directory(tmp_path):
     atomic_write_json(path, {"a": 1})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left
+    assert path.stat().st_mode & 0o044  # readable by others, like a plain write (umask 022)
 
     ckpt = tmp_path / "ckpt"
     with atomic_directory(ckpt) as tmp:
@@ -71,6 +72,7 @@ def test_atomic_json_and_directory(tmp_path):
             (tmp / "w.txt").write_text("half-written v2")
             raise RuntimeError("killed mid-write")
     assert (ckpt / "w.txt").read_text() == "v1"  # the old checkpoint survives
+    assert ckpt.stat().st_mode & 0o055  # not left private by mkdtemp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "out"]
 
 

@@ -54,6 +54,9 @@ def test_load_policy_by_name_and_errors():
     scripted = load_policy("scripted", bench)
     sample = scripted.sample_actions(obs(2))
     assert sample.actions.shape == (2, 1, 4) and sample.log_prob is None
+    far = obs(2)
+    far["state"][:, 36:39] = 5.0  # a goal far away: the raw expert action would exceed 1
+    assert scripted.sample_actions(far).actions.abs().max() <= 1.0
     with pytest.raises(NotImplementedError, match="no tractable log-likelihood"):
         scripted.log_prob(obs(2), sample)
     with pytest.raises(UnknownNameError, match="valid choices"):

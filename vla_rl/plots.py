@@ -40,4 +40,5 @@ def plot_learning_curve(
     os.close(fd)
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
+    os.chmod(tmp, 0o644)  # mkstemp made it private
     os.replace(tmp, path)

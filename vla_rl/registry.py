@@ -78,6 +78,11 @@ POLICIES.register(
     "Meta-World's shipped per-task expert controllers (upper reference, demonstrations)",
 )
 POLICIES.register(
+    "metaworld-flow",
+    "vla_rl.bundled:METAWORLD_FLOW",
+    "bundled flow-matching base policy for Meta-World MT10, trained on 1 demo per task",
+)
+POLICIES.register(
     "zero",
     "vla_rl.policies.trivial:ZeroPolicy",
     "all-zero actions (LIBERO: gripper open); a trivial policy for throughput tests",

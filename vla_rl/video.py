@@ -22,6 +22,7 @@ def save_video(path: str | Path, frames: list[np.ndarray], fps: int = 20) -> Non
         with imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=1) as writer:
             for frame in frames:
                 writer.append_data(np.asarray(frame, dtype=np.uint8))
+        os.chmod(tmp, 0o644)  # mkstemp made it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
