@@ -25,8 +25,7 @@ class ZeroPolicy(BasePolicy):
     def for_benchmark(cls, benchmark: Any, chunk_size: int = 1) -> ZeroPolicy:
         if benchmark is None:
             raise ValueError("the zero policy needs a benchmark to know the action size")
-        noop = getattr(benchmark, "noop_action", None) or [0.0] * benchmark.action_dim
-        return cls(noop, chunk_size)
+        return cls(benchmark.noop_action, chunk_size)
 
     def get_config(self) -> dict[str, Any]:
         return {"noop_action": self.noop_action, "chunk_size": self.chunk_size}

@@ -34,7 +34,7 @@ def bench_env(request):
 
 
 def noop(bench):
-    return np.asarray(getattr(bench, "noop_action", None) or [0.0] * bench.action_dim, np.float32)
+    return np.asarray(bench.noop_action, np.float32)
 
 
 def test_splits_are_disjoint_and_described(bench_env):

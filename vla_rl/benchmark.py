@@ -90,6 +90,12 @@ class Benchmark(ABC):
     fps: int = 0  # control steps per second of simulated time (dataset timestamps, videos)
     camera_names: tuple[str, ...] = ()  # the Ncam cameras of obs["image"], in order
 
+    @property
+    def noop_action(self) -> list[float]:
+        """The action (Da,) that leaves the scene as it is: zeros, unless a benchmark says
+        otherwise (LIBERO keeps its gripper open with -1)."""
+        return [0.0] * self.action_dim
+
     @abstractmethod
     def task_names(self) -> list[str]:
         """Every task of the benchmark, in its canonical order."""

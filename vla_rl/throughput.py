@@ -56,8 +56,7 @@ def _episodes(task: TaskSpec, n: int) -> list[EpisodeSpec]:
 
 
 def _noop(benchmark: Benchmark) -> np.ndarray:
-    noop = getattr(benchmark, "noop_action", None) or [0.0] * benchmark.action_dim
-    return np.asarray(noop, dtype=np.float32)
+    return np.asarray(benchmark.noop_action, dtype=np.float32)
 
 
 def _raw_worker(env_fn, episodes, steps, noop, barrier, queue) -> None:
