@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from vla_rl.config import ConfigError, parse_cli, to_dict
+from vla_rl.evaluation import format_table
 from vla_rl.registry import UnknownNameError
 
 USAGE_EXIT = 2
@@ -22,7 +23,7 @@ USAGE_EXIT = 2
 
 def cmd_eval(args: list[str]) -> int:
     from vla_rl.benchmark import get_benchmark
-    from vla_rl.evaluation import EvalConfig, evaluate, format_table
+    from vla_rl.evaluation import EvalConfig, evaluate
     from vla_rl.policy import load_policy
 
     cfg = parse_cli(EvalConfig, args, prog="vla-rl eval", description=EvalConfig.__doc__ or "")
@@ -119,6 +120,29 @@ def cmd_pretrain(args: list[str]) -> int:
     return 0
 
 
+def cmd_finetune(args: list[str]) -> int:
+    from vla_rl.finetune import FinetuneConfig, finetune
+
+    cfg = parse_cli(
+        FinetuneConfig, args, prog="vla-rl finetune", description=FinetuneConfig.__doc__
+    )
+    res = finetune(cfg)
+    base = res["base"]
+    print()
+    print(f"{cfg.method} on base {cfg.base}, {cfg.benchmark} eval split")
+    print(format_table(res))
+    (lo, hi), (blo, bhi) = res["success_ci95"], base["success_ci95"]
+    print(
+        f"\nbase {base['success_rate']:.3f} [{blo:.3f}, {bhi:.3f}] -> finetuned "
+        f"{res['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] after {res['env_steps']} env steps "
+        f"({res['train_wall_s']:.0f} s of training)"
+    )
+    run = Path(res["policy_dir"]).parent
+    print(f"results: {run / 'results.json'}; plot: {run / 'learning_curve.png'}; "
+          f"policy: {res['policy_dir']} (vla-rl eval --policy {res['policy_dir']})")  # fmt: skip
+    return 0
+
+
 def cmd_doctor(args: list[str]) -> int:
     from vla_rl.doctor import DoctorConfig, run_doctor
 
@@ -134,6 +158,7 @@ def cmd_bench(args: list[str]) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "finetune": (cmd_finetune, "post-train a base policy with RL (--method residual)"),
     "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
     "collect": (cmd_collect, "roll out a policy on the train split; save a LeRobot v3 dataset"),
     "pretrain": (cmd_pretrain, "behaviour-clone a policy family on a demonstration dataset"),

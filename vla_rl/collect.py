@@ -81,7 +81,7 @@ def collect(cfg: CollectConfig) -> dict:
     episodes = first_episodes(tasks, cfg.episodes)
 
     bar, on_end = episode_progress(len(episodes), f"collect {benchmark.name}", cfg.progress)
-    venv = benchmark.make_env(tasks, dataclasses.replace(cfg.env, video_size=0))
+    venv = policy.wrap_env(benchmark.make_env(tasks, dataclasses.replace(cfg.env, video_size=0)))
     try:
         records = RolloutEngine(venv, cfg.env.pipeline_groups).run(
             policy, episodes, keep_steps=True, seed=cfg.seed, on_episode_end=on_end

@@ -123,7 +123,7 @@ def evaluate(
 
     bar, on_end = episode_progress(len(episodes), f"eval {benchmark.name}", progress)
 
-    venv = benchmark.make_env(tasks, env_cfg)
+    venv = policy.wrap_env(benchmark.make_env(tasks, env_cfg))
     try:
         engine = RolloutEngine(venv, env_cfg.pipeline_groups)
         start = time.perf_counter()

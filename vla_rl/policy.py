@@ -42,6 +42,12 @@ class BasePolicy(nn.Module, ABC):
             "do not"
         )
 
+    def wrap_env(self, venv: Any) -> Any:
+        """The vector env this policy runs on: `venv` itself, or `venv` inside the env-side
+        wrappers the policy's execution needs (a ResidualPolicy's base-action queue). Every
+        caller that builds envs for a policy (evaluation, methods) passes them through here."""
+        return venv
+
     @classmethod
     def for_benchmark(cls, benchmark: Any) -> BasePolicy:
         """Build this policy from its registry name for `benchmark` (no checkpoint)."""

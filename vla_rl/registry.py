@@ -93,6 +93,11 @@ POLICIES.register(
     "pi0-style flow-matching action-chunk policy (load from a checkpoint directory)",
 )
 POLICIES.register(
+    "residual",
+    "vla_rl.residual_policy:ResidualPolicy",
+    "a frozen base plus a learned per-step residual (from `finetune --method residual`)",
+)
+POLICIES.register(
     "random",
     "vla_rl.policies.trivial:RandomPolicy",
     "uniform random actions in the env's action box",
@@ -110,7 +115,12 @@ for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "l
         f"LIBERO {_suite.removeprefix('libero_')} suite (needs the [libero] extra)",
     )
 
-# Methods arrive with the issues that build them (residual, ppo, grpo, srpo, ...).
+# Methods: one file each in vla_rl/methods/, exposing `train(FinetuneConfig) -> results`.
+METHODS.register(
+    "residual",
+    "vla_rl.methods.residual:train",
+    "ResFiT: off-policy residual RL (TD3 + REDQ + n-step) on a frozen base policy",
+)
 
 
 def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:
