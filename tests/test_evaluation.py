@@ -68,12 +68,20 @@ def test_eval_cli_on_metaworld(tmp_path, capsys):
         (["eval", "--tasks", "reach-v3", "--episodes", "51"], "valid: 1..50"),
         (["eval", "--episodes", "0"], "must be >= 1"),
         (["eval", "--config", "missing.yaml"], "config file not found"),
-        (["nope"], "valid choices: eval, collect, pretrain, benchmarks, doctor, bench"),
+        (["finetune", "--method", "nope"], "unknown method 'nope'; valid choices: residual"),
+        (["finetune", "--base", "nope"], "valid choices: scripted"),
+        (["finetune", "--tasks", "nope-v3"], "valid task sets: MT10"),
+        (["finetune", "--env-steps", "0"], "must be >= 1"),
+        (["finetune", "--residual.demo-fraction", "1.5"], "demo-fraction must be in [0, 1)"),
+        (["finetune", "--residual.demos", "missing/dir"], "valid choices: scripted, none"),
+        (["finetune", "--resume"], "no checkpoint in"),
+        (["nope"], "valid choices: finetune, eval, collect, pretrain, benchmarks, doctor, bench"),
     ],
 )
 def test_bad_input_gives_clear_error_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "should-not-exist"
-    code = main([*args, "--output-dir", str(out)] if args[0] == "eval" else args)
+    with_out = args[0] in ("eval", "finetune")
+    code = main([*args, "--output-dir", str(out)] if with_out else args)
     assert code == 2
     assert message in capsys.readouterr().err
     assert not out.exists()

@@ -24,7 +24,8 @@ from vla_rl.lerobot_dataset import Episode, LeRobotDataset
 from vla_rl.provenance import provenance
 from vla_rl.registry import check_choice
 
-FAMILIES = ("flow",)  # token and diffusion families arrive next (issue 3)
+FAMILIES = ("flow", "tokenvla", "diffusion")
+DEFAULT_CHUNK = {"flow": 8, "tokenvla": 4, "diffusion": 8}  # see each family's constructor
 
 
 @dataclass
@@ -34,7 +35,8 @@ class PretrainConfig:
     dataset: str = ""
     """A LeRobot v3.0 dataset directory (e.g. from `vla-rl collect`) or a LIBERO .hdf5 file."""
     policy: str = "flow"
-    """Policy family to train: flow."""
+    """Policy family to train: flow (flow matching), tokenvla (OpenVLA-style token actions) or
+    diffusion (DDPM/DDIM)."""
     output_dir: str = "runs/pretrain/flow"
     """Run directory: policy/, checkpoint/, metrics.jsonl, tensorboard/, results.json, plot."""
     benchmark: str = "metaworld"
@@ -53,10 +55,14 @@ class PretrainConfig:
     """Adam learning rate; 3e-4 is the usual Adam rate for small MLP BC policies."""
     grad_clip: float = 1.0
     """Gradient-norm clip, as diffusion-policy and lerobot trainers use."""
-    chunk_size: int = 8
-    """Ta: actions per predicted chunk (see FlowChunkPolicy)."""
-    hidden: int = 256
-    """Width of the policy's networks."""
+    chunk_size: int | None = None
+    """Ta: actions per predicted chunk. None: the family's default (flow 8, tokenvla 4,
+    diffusion 8; each constructor says why)."""
+    hidden: int | None = None
+    """Width of the policy's networks. None: the family's default (flow/diffusion 256 MLPs,
+    tokenvla a 128-wide transformer)."""
+    decoding: str = "autoregressive"
+    """tokenvla only: autoregressive (OpenVLA) or parallel (OpenVLA-OFT style) action tokens."""
     images: bool = False
     """Train on the dataset's camera streams as well as the state (needs --env.images in eval)."""
     save_every: int = 1000
@@ -120,17 +126,31 @@ class ChunkData:
 
 
 def build_policy(cfg: PretrainConfig, data: ChunkData, instructions: list[str]):
-    from vla_rl.policies.flow_chunk import FlowChunkPolicy
+    """A fresh policy of family cfg.policy with normalisation statistics from the data."""
     from vla_rl.policies.obs_encoder import InstructionTokenizer
 
-    policy = FlowChunkPolicy(
+    common: dict[str, Any] = dict(
         state_dim=data.state.shape[1],
         action_dim=data.actions.shape[2],
         vocab=InstructionTokenizer.train(instructions).vocab,
-        chunk_size=cfg.chunk_size,
-        hidden=cfg.hidden,
+        chunk_size=data.actions.shape[1],
         num_cameras=0 if data.image is None else data.image.shape[1],
     )
+    if cfg.hidden is not None:
+        common["hidden"] = cfg.hidden
+    if cfg.policy == "flow":
+        from vla_rl.policies.flow_chunk import FlowChunkPolicy
+
+        policy = FlowChunkPolicy(**common)
+    elif cfg.policy == "diffusion":
+        from vla_rl.policies.diffusion_chunk import DiffusionChunkPolicy
+
+        policy = DiffusionChunkPolicy(**common)
+    else:
+        from vla_rl.policies.token_vla import TokenVLAPolicy
+
+        words = max(len(InstructionTokenizer.words(i)) for i in instructions)
+        policy = TokenVLAPolicy(**common, max_words=words, decoding=cfg.decoding)
     policy.normalizer.fit(data.state, data.actions[:, 0])
     return policy
 
@@ -156,14 +176,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
     check_choice("policy family", cfg.policy, FAMILIES)
     if not cfg.dataset:
         raise ConfigError("--dataset is required (a LeRobot v3.0 directory or a LIBERO .hdf5)")
+    check_choice("decoding", cfg.decoding, ("autoregressive", "parallel"))
     for name in ("steps", "batch_size", "eval_every", "save_every", "eval_episodes", "chunk_size"):
-        if getattr(cfg, name) < 1:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     benchmark = get_benchmark(cfg.benchmark)
     episodes = load_episodes(cfg.dataset, cfg.images)
     if not episodes:
         raise ValueError(f"{cfg.dataset} holds no episodes")
-    data = ChunkData.build(episodes, cfg.chunk_size, cfg.images)
+    data = ChunkData.build(episodes, cfg.chunk_size or DEFAULT_CHUNK[cfg.policy], cfg.images)
     instructions = sorted({ep.task for ep in episodes})
     by_instruction = {t.instruction: t.name for t in benchmark.tasks("eval")}
     eval_tasks = list(cfg.eval_tasks) or [

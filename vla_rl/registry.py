@@ -98,6 +98,16 @@ POLICIES.register(
     "a frozen base plus a learned per-step residual (from `finetune --method residual`)",
 )
 POLICIES.register(
+    "tokenvla",
+    "vla_rl.policies.token_vla:TokenVLAPolicy",
+    "OpenVLA-style token-action VLA on a small Llama (load from a checkpoint directory)",
+)
+POLICIES.register(
+    "diffusion",
+    "vla_rl.policies.diffusion_chunk:DiffusionChunkPolicy",
+    "Diffusion Policy style DDPM/DDIM action-chunk policy (load from a checkpoint directory)",
+)
+POLICIES.register(
     "random",
     "vla_rl.policies.trivial:RandomPolicy",
     "uniform random actions in the env's action box",

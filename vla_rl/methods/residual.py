@@ -390,6 +390,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    demo_episodes = load_demos(cfg, benchmark, train_tasks)  # before any env of ours exists
     venv = benchmark.make_env(train_tasks, cfg.env)
     space = venv.single_action_space
     policy = ResidualPolicy(
@@ -405,7 +406,7 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
 
     # ---- demonstrations -> demo buffer (rebuilt on resume: it is a function of the config) ----
     task_of = {t.instruction: (t.name, i) for i, t in enumerate(train_tasks)}
-    demo_rows = demo_transitions(load_demos(cfg, benchmark, train_tasks), policy, task_of, rcfg)
+    demo_rows = demo_transitions(demo_episodes, policy, task_of, rcfg)
     demos = None
     if demo_rows is not None:
         demos = ReplayBuffer(len(demo_rows["ret"]), fields)

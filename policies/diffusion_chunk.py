@@ -1,0 +1,159 @@
+"""A Diffusion Policy style action-chunk denoiser with a Gaussian DDIM chain for `log_prob`.
+
+Training (DDPM, Ho et al. 2020; Diffusion Policy, Chi et al. 2023): the demonstrated chunk x^0,
+scaled to [-1, 1], is noised with diffusers' `DDPMScheduler` (100 steps, squared-cosine
+schedule, as Diffusion Policy) and an MLP denoiser eps(x^t, t, o) regresses the noise.
+
+Sampling (DDIM, Song et al. 2021, on the same schedule via diffusers' `DDIMScheduler`): K steps
+t_K > ... > t_1 of
+    x0_hat = clip((x^t - sqrt(1 - abar_t) eps) / sqrt(abar_t), -1, 1)
+    sigma_t = eta * sqrt((1 - abar_prev) / (1 - abar_t)) * sqrt(1 - abar_t / abar_prev)
+    mean    = sqrt(abar_prev) x0_hat + sqrt(1 - abar_prev - sigma_t^2) eps
+    x^prev  = mean + std_t * z,   std_t = max(sigma_t, min_std)
+which is diffusers' DDIM step (checked in the tests) with DPPO's floor on the std. With eta > 0
+every step is a Gaussian transition, so (DPPO, ../shared/reference/methods.md section 9.1)
+    log pi = log N(x^K; 0, I) + sum_k log N(x^{k-1}; mean_k, std_k^2)
+is exact for the stored chain, and `log_prob(obs, sample)` re-scores it under new weights.
+`deterministic=True` runs eta = 0 with no noise (plain DDIM; no usable likelihood).
+Shapes: chunk (B, Ta, Da); the chain lives in the flattened space (B, K + 1, Ta * Da).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vla_rl.policies.flow_chunk import gaussian_log_prob, time_embedding
+from vla_rl.policies.obs_encoder import (
+    InstructionTokenizer,
+    Normalizer,
+    ObservationEncoder,
+    obs_tensors,
+)
+from vla_rl.policy import BasePolicy
+from vla_rl.types import ActionSample, Observation
+
+
+def make_schedulers(train_steps: int, inference_steps: int):
+    """diffusers' DDPM (training) and DDIM (sampling) schedulers on one squared-cosine schedule."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    common = dict(num_train_timesteps=train_steps, beta_schedule="squaredcos_cap_v2",
+                  clip_sample=True, prediction_type="epsilon")  # fmt: skip
+    ddpm = DDPMScheduler(**common)
+    ddim = DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0)
+    ddim.set_timesteps(inference_steps)
+    return ddpm, ddim
+
+
+class DiffusionChunkPolicy(BasePolicy):
+    policy_type = "diffusion"
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        vocab: list[str],
+        chunk_size: int = 8,
+        hidden: int = 256,
+        train_steps: int = 100,
+        inference_steps: int = 10,
+        eta: float = 1.0,
+        min_std: float = 0.04,
+        num_cameras: int = 0,
+    ):
+        """train_steps: 100 DDPM steps (Diffusion Policy). inference_steps (K): 10 DDIM steps
+        (DPPO fine-tunes with 5-10). eta: 1.0 when sampling stochastically (DPPO's DDIM
+        fine-tuning). min_std: floor on every transition's std in the [-1, 1] action scale
+        (DPPO floors it at 0.04-0.1) so each likelihood term stays finite."""
+        super().__init__()
+        self.config = dict(
+            state_dim=state_dim, action_dim=action_dim, vocab=list(vocab), chunk_size=chunk_size,
+            hidden=hidden, train_steps=train_steps, inference_steps=inference_steps, eta=eta,
+            min_std=min_std, num_cameras=num_cameras,
+        )  # fmt: skip
+        self.chunk_size, self.action_dim = chunk_size, action_dim
+        self.train_steps, self.eta, self.min_std = train_steps, eta, min_std
+        self.ddpm, self.ddim = make_schedulers(train_steps, inference_steps)
+        self.tokenizer = InstructionTokenizer(vocab)
+        self.normalizer = Normalizer(state_dim, action_dim)
+        self.encoder = ObservationEncoder(state_dim, len(vocab), hidden, num_cameras)
+        flat = chunk_size * action_dim
+        self.time_dim = 64
+        self.denoiser = nn.Sequential(
+            nn.Linear(flat + hidden + self.time_dim, hidden), nn.Mish(),
+            nn.Linear(hidden, hidden), nn.Mish(), nn.Linear(hidden, flat),
+        )  # fmt: skip
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    def encode(self, obs: Observation) -> torch.Tensor:
+        return self.encoder(*obs_tensors(obs, self.normalizer, self.tokenizer))
+
+    def eps(self, x: torch.Tensor, t: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
+        """Predicted noise (B, Ta * Da) at integer timesteps t (B,)."""
+        emb = time_embedding(t.float() / self.train_steps, self.time_dim)
+        return self.denoiser(torch.cat([x, feature, emb], -1))
+
+    # ---- behaviour cloning --------------------------------------------------------------------
+    def bc_loss(self, obs: Observation, actions: torch.Tensor) -> torch.Tensor:
+        """DDPM noise-prediction loss for demonstrated chunks `actions` (B, Ta, Da)."""
+        x0 = self.normalizer.action_to_unit(actions).flatten(1)
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.train_steps, (len(x0),))
+        xt = self.ddpm.add_noise(x0, noise, t)
+        return ((self.eps(xt, t, self.encode(obs)) - noise) ** 2).mean()
+
+    # ---- the DDIM chain -----------------------------------------------------------------------
+    def _steps(self) -> list[tuple[int, int]]:
+        """(t, t_prev) for each DDIM step, from the noisiest; t_prev = -1 means 'clean'."""
+        ts = [int(t) for t in self.ddim.timesteps]
+        return list(zip(ts, ts[1:] + [-1]))
+
+    def transition(self, x: torch.Tensor, t: int, t_prev: int, feature: torch.Tensor, eta: float):
+        """Mean and std (B, Ta * Da) of x^{t_prev} given x^t (see the module docstring)."""
+        abar = self.ddim.alphas_cumprod
+        a_t = abar[t]
+        a_prev = abar[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+        eps = self.eps(x, torch.full((len(x),), t), feature)
+        x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
+        sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
+        mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
+        return mean, sigma
+
+    def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
+        feature = self.encode(obs)
+        b = len(feature)
+        x = torch.randn(b, self.chunk_size * self.action_dim)
+        chain = [x]
+        log_prob = gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)).sum(-1)
+        for t, t_prev in self._steps():
+            if deterministic:
+                x, _ = self.transition(x, t, t_prev, feature, eta=0.0)
+            else:
+                mean, sigma = self.transition(x, t, t_prev, feature, self.eta)
+                std = sigma.clamp_min(self.min_std).expand_as(mean)
+                x = mean + std * torch.randn_like(mean)
+                log_prob = log_prob + gaussian_log_prob(x, mean, std).sum(-1)
+            chain.append(x)
+        unit = x.clamp(-1, 1).view(b, self.chunk_size, self.action_dim)
+        return ActionSample(
+            actions=self.normalizer.action_from_unit(unit),
+            log_prob=log_prob,
+            extras={"chain": torch.stack(chain, 1)},  # (B, K + 1, Ta * Da)
+        )
+
+    def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
+        """Exact log-likelihood (B,) of the stored (stochastic) chain under the current weights."""
+        chain = sample.extras["chain"]
+        feature = self.encode(obs)
+        x0 = chain[:, 0]
+        total = gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)).sum(-1)
+        for k, (t, t_prev) in enumerate(self._steps()):
+            mean, sigma = self.transition(chain[:, k], t, t_prev, feature, self.eta)
+            std = sigma.clamp_min(self.min_std).expand_as(mean)
+            total = total + gaussian_log_prob(chain[:, k + 1], mean, std).sum(-1)
+        return total

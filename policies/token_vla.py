@@ -1,0 +1,215 @@
+"""An OpenVLA-style token VLA: actions as language-model tokens.
+
+Architecture (OpenVLA, Kim et al. 2024, shrunk to CPU size): a small vision encoder (a CNN whose
+4 x 4 feature map gives 16 patch tokens per camera) and a projector into the language model's
+embedding space, a state projector (one token), the instruction as text tokens, and a causal
+transformer language model (transformers' `LlamaForCausalLM` built from a small config, never
+downloaded). Each action dimension is normalised to [-1, 1] and discretised into 256 uniform bins
+(OpenVLA's scheme); bin b of any dimension is vocabulary token `text_vocab + b`, i.e. the LAST
+256 ids of the vocabulary are reserved for actions, as OpenVLA overwrites Llama's last 256 tokens.
+
+Sequence: [state] [16 tokens per camera] [instruction, padded to `max_words`] [Ta * Da actions].
+Padding is a learned token rather than masked, so every sequence has the same length and
+positions, which keeps batched decoding simple and exactly reproducible.
+
+Decoding:
+* "autoregressive" (OpenVLA): the Ta * Da action tokens one at a time with a KV cache, each
+  conditioned on the previous ones;
+* "parallel" (OpenVLA-OFT style): Ta * Da learned query embeddings after the prefix, all action
+  tokens predicted in one forward pass, independently given the observation.
+Logits are restricted to the 256 action tokens when decoding and scoring, so every sampled
+token is a valid bin and `log_prob` = sum over the Ta * Da action tokens of log p(token) under
+the same restricted softmax. `deterministic=True` takes the argmax bin.
+Shapes: chunk (B, Ta, Da); tokens (B, Ta * Da), time-major then dimension (a_0 dims, a_1 dims..).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vla_rl.policies.obs_encoder import InstructionTokenizer, Normalizer
+from vla_rl.policy import BasePolicy
+from vla_rl.types import ActionSample, Observation
+
+NUM_BINS = 256  # OpenVLA's bins per action dimension
+
+
+class ActionTokenizer:
+    """[-1, 1] <-> NUM_BINS uniform bins; decoding returns bin centres, so a round trip is off
+    by at most half a bin width (1 / bins in the [-1, 1] scale)."""
+
+    def __init__(self, bins: int = NUM_BINS):
+        self.bins = bins
+        self.centres = -1 + (torch.arange(bins, dtype=torch.float32) + 0.5) * (2 / bins)
+
+    def encode(self, unit: torch.Tensor) -> torch.Tensor:
+        """Bin index (long, same shape) of values in [-1, 1] (clipped first)."""
+        scaled = (unit.clamp(-1, 1) + 1) / 2 * self.bins
+        return scaled.floor().long().clamp(0, self.bins - 1)
+
+    def decode(self, bins: torch.Tensor) -> torch.Tensor:
+        return self.centres.to(bins.device)[bins]
+
+
+class PatchEncoder(nn.Module):
+    """Camera image -> 16 patch tokens: 3 strided convolutions, a 4 x 4 average pool, and a
+    projector MLP into the language model's width (the vision encoder + projector of a VLM)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.cnn = nn.Sequential(
+            nn.Conv2d(3, 16, 5, stride=2), nn.GELU(), nn.Conv2d(16, 32, 3, stride=2), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2), nn.GELU(), nn.AdaptiveAvgPool2d(4),
+        )  # fmt: skip
+        self.projector = nn.Sequential(nn.Linear(64, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """image (B, Ncam, H, W, 3) uint8 -> (B, Ncam * 16, hidden)."""
+        b, n = image.shape[:2]
+        pixels = image.float().div(255).flatten(0, 1).permute(0, 3, 1, 2)
+        patches = self.cnn(pixels).flatten(2).transpose(1, 2)  # (B * Ncam, 16, 64)
+        return self.projector(patches).reshape(b, n * 16, -1)
+
+
+class TokenVLAPolicy(BasePolicy):
+    policy_type = "tokenvla"
+
+    def __init__(
+        self,
+        state_dim: int,
+        action_dim: int,
+        vocab: list[str],
+        chunk_size: int = 4,
+        hidden: int = 128,
+        layers: int = 2,
+        heads: int = 4,
+        max_words: int = 16,
+        num_cameras: int = 0,
+        decoding: str = "autoregressive",
+    ):
+        """chunk_size (Ta): 4 actions = 16 tokens on Meta-World (OpenVLA uses 1 action of 7
+        tokens; a short chunk keeps autoregressive decoding cheap per env step).
+        hidden / layers / heads: a 2-layer, 128-wide Llama, about 0.5 M parameters, the size
+        that trains in minutes on 2 CPU cores. max_words: instruction tokens kept (padded)."""
+        super().__init__()
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        if decoding not in ("autoregressive", "parallel"):
+            raise ValueError(
+                f"unknown decoding {decoding!r}; valid choices: autoregressive, parallel"
+            )
+        self.config = dict(
+            state_dim=state_dim, action_dim=action_dim, vocab=list(vocab), chunk_size=chunk_size,
+            hidden=hidden, layers=layers, heads=heads, max_words=max_words,
+            num_cameras=num_cameras, decoding=decoding,
+        )  # fmt: skip
+        self.chunk_size, self.action_dim, self.decoding = chunk_size, action_dim, decoding
+        self.max_words, self.num_cameras = max_words, num_cameras
+        self.num_action_tokens = chunk_size * action_dim
+        self.tokenizer = InstructionTokenizer(vocab)
+        self.action_tokenizer = ActionTokenizer()
+        self.text_vocab = len(vocab)
+        self.prefix_len = 1 + 16 * num_cameras + max_words
+        self.normalizer = Normalizer(state_dim, action_dim)
+        self.lm = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=self.text_vocab + NUM_BINS, hidden_size=hidden,
+                intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads,
+                max_position_embeddings=self.prefix_len + self.num_action_tokens,
+                tie_word_embeddings=False, attn_implementation="eager",
+            )
+        )  # fmt: skip
+        self.state_proj = nn.Sequential(nn.Linear(state_dim, hidden), nn.GELU(),
+                                        nn.Linear(hidden, hidden))  # fmt: skip
+        self.vision = PatchEncoder(hidden) if num_cameras else None
+        if decoding == "parallel":
+            self.action_queries = nn.Parameter(0.02 * torch.randn(self.num_action_tokens, hidden))
+
+    def get_config(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    # ---- sequence pieces ----------------------------------------------------------------------
+    def prefix(self, obs: Observation) -> torch.Tensor:
+        """(B, prefix_len, hidden): state token, image tokens, instruction tokens."""
+        state = self.normalizer.state(torch.as_tensor(obs["state"], dtype=torch.float32))
+        parts = [self.state_proj(state)[:, None]]
+        if self.vision is not None:
+            if "image" not in obs:
+                raise ValueError("this policy was built for camera images; the env gives none")
+            parts.append(self.vision(torch.as_tensor(obs["image"])))
+        words = self.tokenizer.encode(obs["instruction"], self.max_words)
+        words = F.pad(words, (0, self.max_words - words.shape[1]))  # PAD id 0 to max_words
+        parts.append(self.lm.get_input_embeddings()(words))
+        return torch.cat(parts, 1)
+
+    def _action_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits restricted to the 256 reserved action tokens: (..., NUM_BINS)."""
+        head = self.lm.get_output_embeddings()
+        return F.linear(hidden, head.weight[self.text_vocab :])
+
+    def _hidden(self, embeds: torch.Tensor, **kwargs):
+        return self.lm.model(inputs_embeds=embeds, **kwargs)
+
+    def action_logits(self, obs: Observation, bins: torch.Tensor | None) -> torch.Tensor:
+        """Teacher-forced logits (B, Ta * Da, NUM_BINS) of every action token; `bins` (B, Ta * Da)
+        are the previous tokens for autoregressive decoding (ignored by parallel decoding)."""
+        prefix = self.prefix(obs)
+        n = self.num_action_tokens
+        if self.decoding == "parallel":
+            queries = self.action_queries.expand(len(prefix), -1, -1)
+            hidden = self._hidden(torch.cat([prefix, queries], 1)).last_hidden_state
+            return self._action_logits(hidden[:, -n:])
+        tokens = self.lm.get_input_embeddings()(bins[:, :-1] + self.text_vocab)
+        hidden = self._hidden(torch.cat([prefix, tokens], 1)).last_hidden_state
+        return self._action_logits(hidden[:, self.prefix_len - 1 :])  # position p predicts p + 1
+
+    # ---- behaviour cloning --------------------------------------------------------------------
+    def bc_loss(self, obs: Observation, actions: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the demonstrated chunk's action tokens; actions (B, Ta, Da)."""
+        bins = self.action_tokenizer.encode(self.normalizer.action_to_unit(actions)).flatten(1)
+        logits = self.action_logits(obs, bins)
+        return F.cross_entropy(logits.reshape(-1, NUM_BINS), bins.reshape(-1))
+
+    # ---- sampling and likelihood -------------------------------------------------------------
+    @staticmethod
+    def _pick(logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
+        if deterministic:
+            return logits.argmax(-1)
+        return torch.distributions.Categorical(logits=logits).sample()
+
+    def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
+        if self.decoding == "parallel":
+            logits = self.action_logits(obs, None)
+            bins = self._pick(logits, deterministic)
+        else:  # one token at a time, reusing the keys/values of everything before it
+            out = self._hidden(self.prefix(obs), use_cache=True)
+            step_logits = self._action_logits(out.last_hidden_state[:, -1])
+            chosen, all_logits = [], []
+            for i in range(self.num_action_tokens):
+                token = self._pick(step_logits, deterministic)
+                chosen.append(token)
+                all_logits.append(step_logits)
+                if i + 1 < self.num_action_tokens:
+                    embed = self.lm.get_input_embeddings()(token[:, None] + self.text_vocab)
+                    out = self._hidden(embed, past_key_values=out.past_key_values, use_cache=True)
+                    step_logits = self._action_logits(out.last_hidden_state[:, -1])
+            bins = torch.stack(chosen, 1)
+            logits = torch.stack(all_logits, 1)
+        log_prob = torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
+        unit = self.action_tokenizer.decode(bins).view(-1, self.chunk_size, self.action_dim)
+        return ActionSample(
+            actions=self.normalizer.action_from_unit(unit),
+            log_prob=log_prob,
+            extras={"action_tokens": bins},  # (B, Ta * Da) bin indices
+        )
+
+    def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
+        """Sum of the action tokens' log-probabilities (B,), teacher-forced, differentiable."""
+        bins = sample.extras["action_tokens"]
+        logits = self.action_logits(obs, bins)
+        return torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
