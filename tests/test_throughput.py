@@ -31,3 +31,20 @@ def test_raw_baseline_gets_the_engines_process_count():
     assert simulator_processes(EnvConfig(num_envs=8, num_workers=2)) == 2
     assert simulator_processes(EnvConfig(num_envs=8, num_workers=1, main_envs=3)) == 2
     assert simulator_processes(EnvConfig(num_envs=8, num_workers=0)) == 1
+
+
+def test_policy_bench_runs_the_same_episodes_both_ways(tmp_path):
+    import json
+
+    from vla_rl.policy_bench import PolicyBenchConfig, run_policy_bench
+
+    cfg = PolicyBenchConfig(
+        policy="zero", tasks=("reach-v3",), episodes=2, batch_sizes=(1, 4), latency_calls=2,
+        output=str(tmp_path / "bench.json"),
+        env=EnvConfig(num_envs=2, num_workers=0, video_size=0, max_steps=30),
+    )  # fmt: skip
+    res = run_policy_bench(cfg)
+    t = res["throughput"]
+    assert t["engine"]["env_steps"] == t["sequential"]["env_steps"] == 2 * 30
+    assert set(res["latency_s_per_chunk"]) == {"1", "4"}
+    assert json.loads((tmp_path / "bench.json").read_text())["provenance"]["git_commit"]

@@ -33,3 +33,4 @@ class BundledCheckpoint:
 
 
 METAWORLD_FLOW = BundledCheckpoint("metaworld-flow", "metaworld")
+METAWORLD_TOKENVLA = BundledCheckpoint("metaworld-tokenvla", "metaworld")

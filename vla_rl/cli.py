@@ -157,6 +157,30 @@ def cmd_bench(args: list[str]) -> int:
     return run_rollout_bench(cfg)
 
 
+def cmd_bench_policy(args: list[str]) -> int:
+    from vla_rl.policy_bench import PolicyBenchConfig, run_policy_bench
+
+    cfg = parse_cli(
+        PolicyBenchConfig, args, prog="vla-rl bench-policy", description=PolicyBenchConfig.__doc__
+    )
+    res = run_policy_bench(cfg)
+    print(f"policy {cfg.policy} (Ta = {res['chunk_size']})")
+    for b, s in res["latency_s_per_chunk"].items():
+        print(f"  latency per chunk, batch {b:>3}: {s * 1000:8.2f} ms")
+    t = res["throughput"]
+    if not t:
+        return 0
+    for mode in ("sequential", "engine"):
+        m = t[mode]
+        print(f"  {mode:<10} {m['env_steps_per_s']:8.1f} env steps/s  {m['episodes_per_s']:.3f} "
+              f"episodes/s  success {m['success_rate']:.2f}")  # fmt: skip
+    print(
+        f"  engine / sequential: {t['engine_over_sequential']:.2f}x over {res['episodes']} "
+        "episodes each"
+    )
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "finetune": (cmd_finetune, "post-train a base policy with RL (--method residual)"),
     "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
@@ -165,6 +189,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "benchmarks": (cmd_benchmarks, "list benchmarks, task sets, tasks and policies"),
     "doctor": (cmd_doctor, "check the installation and say how to fix what is missing"),
     "bench": (cmd_bench, "measure rollout throughput (engine vs raw simulator vs sequential)"),
+    "bench-policy": (
+        cmd_bench_policy,
+        "a policy's chunk latency and engine-vs-sequential eval speed",
+    ),
 }
 
 

@@ -1,7 +1,7 @@
 """`vla-rl finetune`: post-train a base policy with an RL method on a benchmark.
 
     vla-rl finetune --base metaworld-flow --method residual --benchmark metaworld \
-        --tasks button-press-topdown-v3 --env-steps 20000
+        --tasks button-press-topdown-v3 --env-steps 10000
 
 The options every method shares live in `FinetuneConfig`; each method's own hyperparameters are
 a nested dataclass (`--residual.utd 4`). A method is one file in `vla_rl/methods/` whose
@@ -40,13 +40,13 @@ class FinetuneConfig:
     tasks: tuple[str, ...] = ("button-press-topdown-v3",)
     """Tasks (or set names) to train and evaluate on. Default: one MT10 task on which the bundled
     base succeeds about half the time (docs/RESULTS.md), so a few minutes show a change."""
-    env_steps: int = 20_000
+    env_steps: int = 10_000
     """Env steps (control steps, summed over parallel envs) of RL; the default fits the README's
     few-minute main job on a 2-core CPU; docs/RESULTS.md states the budget of each result."""
     output_dir: str | None = None
     """Run directory (checkpoint/, policy/, metrics, results.json, plot, videos). None:
     runs/finetune/<method>/<timestamp>."""
-    eval_every: int = 10_000
+    eval_every: int = 5_000
     """Env steps between evaluations on the eval split (plus one before training and one at
     the end)."""
     eval_episodes: int = 20

@@ -83,6 +83,11 @@ POLICIES.register(
     "bundled flow-matching base policy for Meta-World MT10, trained on 1 demo per task",
 )
 POLICIES.register(
+    "metaworld-tokenvla",
+    "vla_rl.bundled:METAWORLD_TOKENVLA",
+    "bundled OpenVLA-style token VLA for Meta-World MT10, trained on 1 demo per task",
+)
+POLICIES.register(
     "zero",
     "vla_rl.policies.trivial:ZeroPolicy",
     "all-zero actions (LIBERO: gripper open); a trivial policy for throughput tests",
