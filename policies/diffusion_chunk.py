@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vla_rl.policies.flow_chunk import gaussian_log_prob, time_embedding
+from vla_rl.policies.flow_chunk import time_embedding
+from vla_rl.policies.gaussian_chain import chain_log_prob, sample_chain
 from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
     Normalizer,
@@ -124,36 +125,32 @@ class DiffusionChunkPolicy(BasePolicy):
         mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
         return mean, sigma
 
+    def _chain_transition(self, feature: torch.Tensor):
+        """DDIM step k as a Gaussian transition (gaussian_chain): deterministic sampling
+        follows eta = 0; the std is floored at min_std either way."""
+        steps = self._steps()
+
+        def transition(k: int, x: torch.Tensor, deterministic: bool):
+            t, t_prev = steps[k]
+            mean, sigma = self.transition(x, t, t_prev, feature, 0.0 if deterministic else self.eta)
+            return mean, sigma.clamp_min(self.min_std).expand_as(mean)
+
+        return transition
+
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         feature = self.encode(obs)
         b = len(feature)
         x = torch.randn(b, self.chunk_size * self.action_dim)
-        chain = [x]
-        log_prob = gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)).sum(-1)
-        for t, t_prev in self._steps():
-            if deterministic:
-                x, _ = self.transition(x, t, t_prev, feature, eta=0.0)
-            else:
-                mean, sigma = self.transition(x, t, t_prev, feature, self.eta)
-                std = sigma.clamp_min(self.min_std).expand_as(mean)
-                x = mean + std * torch.randn_like(mean)
-                log_prob = log_prob + gaussian_log_prob(x, mean, std).sum(-1)
-            chain.append(x)
-        unit = x.clamp(-1, 1).view(b, self.chunk_size, self.action_dim)
+        chain, log_prob = sample_chain(
+            self._chain_transition(feature), x, len(self._steps()), deterministic
+        )
+        unit = chain[:, -1].clamp(-1, 1).view(b, self.chunk_size, self.action_dim)
         return ActionSample(
             actions=self.normalizer.action_from_unit(unit),
             log_prob=log_prob,
-            extras={"chain": torch.stack(chain, 1)},  # (B, K + 1, Ta * Da)
+            extras={"chain": chain},  # (B, K + 1, Ta * Da)
         )
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Exact log-likelihood (B,) of the stored (stochastic) chain under the current weights."""
-        chain = sample.extras["chain"]
-        feature = self.encode(obs)
-        x0 = chain[:, 0]
-        total = gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)).sum(-1)
-        for k, (t, t_prev) in enumerate(self._steps()):
-            mean, sigma = self.transition(chain[:, k], t, t_prev, feature, self.eta)
-            std = sigma.clamp_min(self.min_std).expand_as(mean)
-            total = total + gaussian_log_prob(chain[:, k + 1], mean, std).sum(-1)
-        return total
+        return chain_log_prob(self._chain_transition(self.encode(obs)), sample.extras["chain"])

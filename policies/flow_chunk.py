@@ -21,6 +21,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_rl.policies.gaussian_chain import (
+    chain_log_prob,
+    gaussian_log_prob,  # noqa: F401  (re-exported: the flow tests check it by hand)
+    sample_chain,
+)
 from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
     Normalizer,
@@ -29,13 +34,6 @@ from vla_rl.policies.obs_encoder import (
 )
 from vla_rl.policy import BasePolicy
 from vla_rl.types import ActionSample, Observation
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(x; mean, std^2)."""
-    return -0.5 * (((x - mean) / std) ** 2 + LOG_2PI) - torch.log(std)
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -113,38 +111,31 @@ class FlowChunkPolicy(BasePolicy):
         v, _ = self._velocity_and_std(t, xt, self.encode(obs))
         return ((v - (x1 - x0)) ** 2).mean()
 
-    # ---- sampling and likelihood -------------------------------------------------------------
+    # ---- sampling and likelihood (the chain loops live in gaussian_chain) ----------------------
+    def _transition(self, feature: torch.Tensor):
+        """Euler step k with injected noise: mean x + v / K, std sigma(t_k, x, o)."""
+        k_total = self.num_flow_steps
+
+        def transition(k: int, x: torch.Tensor, deterministic: bool):
+            v, std = self._velocity_and_std(torch.full((len(x),), k / k_total), x, feature)
+            return x + v / k_total, std
+
+        return transition
+
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         feature = self.encode(obs)
-        b, k = len(feature), self.num_flow_steps
+        b = len(feature)
         x = torch.randn(b, self.chunk_size * self.action_dim)
-        chain = [x]
-        log_prob = gaussian_log_prob(x, torch.zeros_like(x), torch.ones_like(x)).sum(-1)
-        for step in range(k):
-            t = torch.full((b,), step / k)
-            v, std = self._velocity_and_std(t, x, feature)
-            mean = x + v / k
-            x = mean if deterministic else mean + std * torch.randn_like(mean)
-            log_prob = log_prob + gaussian_log_prob(x, mean, std).sum(-1)
-            chain.append(x)
-        unit = x.view(b, self.chunk_size, self.action_dim)
+        chain, log_prob = sample_chain(
+            self._transition(feature), x, self.num_flow_steps, deterministic
+        )
+        unit = chain[:, -1].view(b, self.chunk_size, self.action_dim)
         return ActionSample(
             actions=self.normalizer.action_from_unit(unit),
             log_prob=log_prob,
-            extras={"chain": torch.stack(chain, 1)},  # (B, K + 1, Ta * Da)
+            extras={"chain": chain},  # (B, K + 1, Ta * Da)
         )
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Exact log-likelihood (B,) of the stored chain under the current weights."""
-        chain = sample.extras["chain"]
-        feature = self.encode(obs)
-        b, k = chain.shape[0], chain.shape[1] - 1
-        x0 = chain[:, 0]
-        total = gaussian_log_prob(x0, torch.zeros_like(x0), torch.ones_like(x0)).sum(-1)
-        for step in range(k):
-            t = torch.full((b,), step / k)
-            v, std = self._velocity_and_std(t, chain[:, step], feature)
-            total = total + gaussian_log_prob(chain[:, step + 1], chain[:, step] + v / k, std).sum(
-                -1
-            )
-        return total
+        return chain_log_prob(self._transition(self.encode(obs)), sample.extras["chain"])

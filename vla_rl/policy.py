@@ -67,9 +67,18 @@ class BasePolicy(nn.Module, ABC):
 
         config = {"policy_type": self.policy_type, **self.get_config()}
         with atomic_directory(directory) as tmp:
+            self.save_parts(tmp)
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            state = {k: v.detach().contiguous().cpu() for k, v in self.weights_to_save().items()}
             save_file(state, str(tmp / WEIGHTS_FILE))
+
+    def save_parts(self, directory: Path) -> None:
+        """Write what the checkpoint holds besides config and weights (a wrapper's base policy,
+        say) into `directory`, the checkpoint being written. Nothing by default."""
+
+    def weights_to_save(self) -> dict[str, torch.Tensor]:
+        """The tensors of model.safetensors: the whole state dict by default."""
+        return self.state_dict()
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BasePolicy:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_rl.atomic_io import atomic_directory
 from vla_rl.policy import CONFIG_FILE, WEIGHTS_FILE, BasePolicy, load_policy
 from vla_rl.types import ActionSample, Observation
 
@@ -142,16 +141,11 @@ class ResidualPolicy(BasePolicy):
         )
 
     # ---- persistence: the base is saved whole inside, so a run directory stands alone --------
-    def save_pretrained(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
+    def save_parts(self, directory: Path) -> None:
+        self.base.save_pretrained(directory / BASE_DIR)
 
-        config = {"policy_type": self.policy_type, **self.get_config()}
-        with atomic_directory(directory) as tmp:
-            self.base.save_pretrained(tmp / BASE_DIR)
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-            own = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()
-                   if not k.startswith("base.")}  # fmt: skip
-            save_file(own, str(tmp / WEIGHTS_FILE))
+    def weights_to_save(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("base.")}
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ResidualPolicy:
