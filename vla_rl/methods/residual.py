@@ -69,7 +69,8 @@ class ResidualConfig:
     steps x UTD 4; scaled down with the budget like learning_starts."""
     utd: int = 2
     """Critic updates per env step (update-to-data ratio). ResFiT: 4 (gains plateau there). 2
-    halves the compute per env step, which is the binding cost on a CPU (docs/RESULTS.md)."""
+    halves the compute per env step, which is the binding cost on a CPU: with 2 the learner
+    runs about 31 env steps/s on 2 cores, against ~1000 for the simulator (docs/RESULTS.md)."""
     n_step: int = 3
     """n of the n-step returns. ResFiT: 3 (Coffee 5): >1 is needed for sparse reward."""
     gamma: float = 0.99
@@ -91,7 +92,7 @@ class ResidualConfig:
     """Polyak rate of the target critics and target actor. ResFiT/TD3: 0.005."""
     num_critics: int = 4
     """Critic ensemble size N. ResFiT: 10; 4 keeps REDQ's random-pair min at 40% of the
-    compute (an update with 10 heads costs about 35 ms on this CPU, docs/RESULTS.md)."""
+    compute (a batch-256 update of 10 heads of width 256 took 35 ms on one core here)."""
     critic_subset: int = 2
     """Heads in the random subset whose min forms the target (REDQ). ResFiT: 2."""
     hidden: int = 256
@@ -110,8 +111,8 @@ class ResidualConfig:
     """Query the base deterministically (a frozen BC policy as deployed; ResFiT's ACT base is
     deterministic); exploration comes from the residual only."""
     save_every: int = 10_000
-    """Env steps between checkpoints (also written at each evaluation's step if due). The online
-    buffer is saved with them, so --resume continues with the same data."""
+    """Env steps between checkpoints (and one at the end). The online buffer is saved with
+    them, so --resume continues with the same data; episodes in progress are dropped."""
 
 
 # ---- networks ---------------------------------------------------------------------------------
