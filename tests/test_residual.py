@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from toy_benchmark import ToyBenchmark
+from toy_policies import GreedyToyPolicy
 
-from tests.toy_benchmark import ToyBenchmark
-from tests.toy_policies import GreedyToyPolicy
 from vla_rl.benchmark import EnvConfig, EpisodeSpec
 from vla_rl.methods.residual import (
     Residual,
