@@ -179,3 +179,23 @@ def test_pretrain_bad_input(tmp_path, capsys):
     assert "not a LeRobot dataset" in capsys.readouterr().err
     assert main(["pretrain", "--dataset", "x", "--policy", "token"]) == 2
     assert "valid choices: flow" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("family", "extra", "chunk"), [("tokenvla", ["--decoding", "parallel"], 4),
+                                                        ("diffusion", [], 8)])  # fmt: skip
+def test_pretrain_other_families(tmp_path, family, extra, chunk):
+    from vla_rl.cli import main
+    from vla_rl.policy import load_policy
+
+    data = tmp_path / "demos"
+    assert main(["collect", "--output", str(data), "--tasks", "reach-v3", "--episodes", "1",
+                 "--env.num-workers", "0", "--no-progress"]) == 0  # fmt: skip
+    run = tmp_path / family
+    assert main(["pretrain", "--policy", family, *extra, "--dataset", str(data), "--output-dir",
+                 str(run), "--batch-size", "16", "--hidden", "32", "--steps", "10",
+                 "--eval-every", "10", "--eval-episodes", "1", "--env.num-envs", "1",
+                 "--env.num-workers", "0", "--env.max-steps", "20", "--logger", "none",
+                 "--no-progress"]) == 0  # fmt: skip
+    policy = load_policy(str(run / "policy"))
+    assert policy.policy_type == family and policy.chunk_size == chunk
+    assert json.loads((run / "results.json").read_text())["steps"] == 10
