@@ -113,6 +113,8 @@ def evaluate(
     env_cfg = env_cfg or EnvConfig()
     if not videos_per_task:
         env_cfg = dataclasses.replace(env_cfg, video_size=0)
+    elif not env_cfg.video_size:  # videos asked of envs configured to render none
+        env_cfg = dataclasses.replace(env_cfg, video_size=EnvConfig().video_size)
     names = benchmark.resolve_task_names(task_names or default_task_selection(benchmark))
     tasks = benchmark.tasks("eval", names)
     n = episodes_per_task or min(len(t.init_ids) for t in tasks)
@@ -167,6 +169,16 @@ def evaluate(
                     results["episodes"][idx]["video"] = f"videos/{name}.mp4"
         atomic_write_json(out / "results.json", results)
     return results
+
+
+def curve_point(results: dict[str, Any]) -> dict[str, Any]:
+    """What a learning-curve point keeps of an `evaluate` result: the success rate, its 95%
+    interval and the per-task rates."""
+    return {
+        "success_rate": results["success_rate"],
+        "ci95": results["success_ci95"],
+        "per_task": {k: v["success_rate"] for k, v in results["per_task"].items()},
+    }
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ way: the eval protocol during and after training, the run directory, the results
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +20,7 @@ from typing import Any
 from vla_rl.atomic_io import atomic_write_json
 from vla_rl.benchmark import Benchmark, EnvConfig
 from vla_rl.config import ConfigError
-from vla_rl.evaluation import evaluate
+from vla_rl.evaluation import curve_point, evaluate
 from vla_rl.methods.residual import ResidualConfig
 from vla_rl.policy import BasePolicy
 from vla_rl.provenance import provenance
@@ -111,9 +110,7 @@ def eval_point(
         "env_steps": progress_state["env_steps"],
         "updates": progress_state.get("updates", 0),
         "wall_s": round(progress_state["wall_s"], 1),
-        "success_rate": res["success_rate"],
-        "ci95": res["success_ci95"],
-        "per_task": {k: v["success_rate"] for k, v in res["per_task"].items()},
+        **curve_point(res),
     }
 
 
@@ -130,15 +127,11 @@ def final_results(
     eval format (per-task table of the result) with the base's results beside it."""
     from vla_rl.config import to_dict
 
-    common = dict(task_names=tasks, episodes_per_task=cfg.final_eval_episodes, seed=cfg.seed,
-                  progress=cfg.progress)  # fmt: skip
-    # Videos need frames rendered at a size; training envs render none (video_size 0).
-    video_env = dataclasses.replace(
-        cfg.env, video_size=cfg.env.video_size or EnvConfig().video_size
-    )
+    common = dict(task_names=tasks, episodes_per_task=cfg.final_eval_episodes, env_cfg=cfg.env,
+                  seed=cfg.seed, progress=cfg.progress)  # fmt: skip
     results = evaluate(policy, benchmark, videos_per_task=cfg.videos, output_dir=run / "eval",
-                       env_cfg=video_env if cfg.videos else cfg.env, **common)  # type: ignore[arg-type]  # fmt: skip
-    base_results = evaluate(base, benchmark, env_cfg=cfg.env, **common)  # type: ignore[arg-type]
+                       **common)  # type: ignore[arg-type]  # fmt: skip
+    base_results = evaluate(base, benchmark, **common)  # type: ignore[arg-type]
     keys = ("success_rate", "success_ci95", "successes", "num_episodes", "per_task")
     results["base"] = {k: base_results[k] for k in keys}
     results["improvement"] = round(results["success_rate"] - base_results["success_rate"], 4)

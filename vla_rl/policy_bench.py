@@ -108,16 +108,14 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
                       "engine_over_sequential": round(ratio, 2)}  # fmt: skip
 
     # Latency on observations of the benchmark: one reset state per task, cycled to the batch.
-    venv = policy.wrap_env(benchmark.make_env(tasks, EnvConfig(num_envs=1, num_workers=0)))
+    slots = list(range(len(tasks)))
+    one_each = dataclasses.replace(cfg.env, num_envs=len(tasks), num_workers=0, main_envs=0)
+    venv = policy.wrap_env(benchmark.make_env(tasks, one_each))
     try:
-        pool = []
-        for ep in first_episodes(tasks, 1):
-            venv.reset_slots([0], [ep])
-            pool.append(venv.observe([0]))
+        venv.reset_slots(slots, first_episodes(tasks, 1))
+        obs = venv.observe(slots)
     finally:
         venv.close()
-    obs = {k: (sum((p[k] for p in pool), []) if isinstance(pool[0][k], list)
-               else np.concatenate([p[k] for p in pool])) for k in pool[0]}  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:

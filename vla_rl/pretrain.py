@@ -19,7 +19,7 @@ import torch
 from vla_rl.atomic_io import atomic_directory, atomic_write_json
 from vla_rl.benchmark import EnvConfig, get_benchmark
 from vla_rl.config import ConfigError, to_dict
-from vla_rl.evaluation import evaluate
+from vla_rl.evaluation import curve_point, evaluate
 from vla_rl.lerobot_dataset import Episode, LeRobotDataset
 from vla_rl.provenance import provenance
 from vla_rl.registry import check_choice
@@ -225,10 +225,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             seed=cfg.seed,
             progress=False,
         )
-        point = {"step": step, "wall_s": round(state["wall_s"], 1),
-                 "success_rate": res["success_rate"], "ci95": res["success_ci95"]}  # fmt: skip
         logger.log(step, {"eval/success_rate": res["success_rate"]})
-        return point | {"per_task": {k: v["success_rate"] for k, v in res["per_task"].items()}}
+        return {"step": step, "wall_s": round(state["wall_s"], 1), **curve_point(res)}
 
     bar = tqdm(total=cfg.steps, initial=state["step"], desc=f"pretrain {cfg.policy}",
                unit="step", disable=not cfg.progress)  # fmt: skip

@@ -319,10 +319,9 @@ def load_demos(cfg: FinetuneConfig, benchmark, tasks) -> list:
         from vla_rl.benchmark import first_episodes
         from vla_rl.collect import records_to_episodes
         from vla_rl.policy import load_policy
-        from vla_rl.registry import POLICIES
         from vla_rl.rollout import RolloutEngine
 
-        if "scripted" not in POLICIES or benchmark.name != "metaworld":
+        if benchmark.name != "metaworld":
             raise ValueError(
                 f"--residual.demos scripted needs scripted experts, which only metaworld has; "
                 f"pass a dataset path or 'none' for {benchmark.name!r}"
@@ -413,9 +412,8 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         demos = ReplayBuffer(len(demo_rows["ret"]), fields)
         demos.add(demo_rows)
 
-    state: dict[str, Any] = {"env_steps": 0, "updates": 0, "actor_updates": 0, "episodes": 0,
-                             "train_successes": 0, "wall_s": 0.0, "curve": [],
-                             "stats_fitted": False}  # fmt: skip
+    state: dict[str, Any] = {"env_steps": 0, "updates": 0, "episodes": 0, "wall_s": 0.0,
+                             "curve": [], "stats_fitted": False}  # fmt: skip
     if saved is not None:
         ckpt = run / "checkpoint"
         policy.load_state_dict(ResidualPolicy.from_pretrained(ckpt / "policy").state_dict())
@@ -495,7 +493,6 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
                     actor_step = state["updates"] % rcfg.utd == 0
                     batch = sample_mixed(online, demos, rcfg.batch_size, rcfg.demo_fraction, rng)
                     metrics = agent.update(batch, update_actor=actor_step)
-                    state["actor_updates"] += int(actor_step)
             results = venv.step_wait(ticket)
             next_obs = venv.observe(slots)  # includes the base action at the next state
 
@@ -524,7 +521,6 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
                 venv.reset_slots(ended, [next_episode() for _ in ended])
                 next_obs = venv.observe(slots)
                 state["episodes"] += len(ended)
-                state["train_successes"] += sum(finished)
                 logger.log(state["env_steps"], {"train/episode_success": float(np.mean(finished)),
                                                 "train/episodes": state["episodes"]})  # fmt: skip
             obs = next_obs
