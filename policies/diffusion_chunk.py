@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vla_rl.policies.flow_chunk import time_embedding
-from vla_rl.policies.gaussian_chain import chain_log_prob, sample_chain
+from vla_rl.policies.gaussian_chain import chain_log_prob, chain_log_prob_terms, sample_chain
 from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
     Normalizer,
@@ -133,7 +133,7 @@ class DiffusionChunkPolicy(BasePolicy):
         def transition(k: int, x: torch.Tensor, deterministic: bool):
             t, t_prev = steps[k]
             mean, sigma = self.transition(x, t, t_prev, feature, 0.0 if deterministic else self.eta)
-            return mean, sigma.clamp_min(self.min_std).expand_as(mean)
+            return mean, sigma.clamp_min(self.min_std).expand_as(mean) * self.temperature
 
         return transition
 
@@ -154,3 +154,11 @@ class DiffusionChunkPolicy(BasePolicy):
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Exact log-likelihood (B,) of the stored (stochastic) chain under the current weights."""
         return chain_log_prob(self._chain_transition(self.encode(obs)), sample.extras["chain"])
+
+    def log_prob_terms(self, obs: Observation, sample: ActionSample):
+        """Per (DDIM step, dim) terms (B, K * Ta * Da) and the chain's entropy (B,)."""
+        transition = self._chain_transition(self.encode(obs))
+        return chain_log_prob_terms(transition, sample.extras["chain"])
+
+    def observation_features(self, obs: Observation) -> torch.Tensor:
+        return self.encode(obs)

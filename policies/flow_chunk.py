@@ -23,6 +23,7 @@ from torch import nn
 
 from vla_rl.policies.gaussian_chain import (
     chain_log_prob,
+    chain_log_prob_terms,
     gaussian_log_prob,  # noqa: F401  (re-exported: the flow tests check it by hand)
     sample_chain,
 )
@@ -118,7 +119,7 @@ class FlowChunkPolicy(BasePolicy):
 
         def transition(k: int, x: torch.Tensor, deterministic: bool):
             v, std = self._velocity_and_std(torch.full((len(x),), k / k_total), x, feature)
-            return x + v / k_total, std
+            return x + v / k_total, std * self.temperature
 
         return transition
 
@@ -139,3 +140,10 @@ class FlowChunkPolicy(BasePolicy):
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Exact log-likelihood (B,) of the stored chain under the current weights."""
         return chain_log_prob(self._transition(self.encode(obs)), sample.extras["chain"])
+
+    def log_prob_terms(self, obs: Observation, sample: ActionSample):
+        """Per (flow step, dim) terms (B, K * Ta * Da) and the chain's entropy (B,)."""
+        return chain_log_prob_terms(self._transition(self.encode(obs)), sample.extras["chain"])
+
+    def observation_features(self, obs: Observation) -> torch.Tensor:
+        return self.encode(obs)

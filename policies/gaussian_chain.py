@@ -47,8 +47,22 @@ def sample_chain(
 
 def chain_log_prob(transition: Transition, chain: torch.Tensor) -> torch.Tensor:
     """Exact log-likelihood (B,) of a stored stochastic chain (B, K + 1, D), differentiable."""
-    log_prob = standard_normal_log_prob(chain[:, 0])
+    terms, _ = chain_log_prob_terms(transition, chain)
+    return standard_normal_log_prob(chain[:, 0]) + terms.sum(-1)
+
+
+def chain_log_prob_terms(
+    transition: Transition, chain: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chain's per-element log-likelihood terms and the transitions' entropy.
+
+    terms (B, K * D): log N(x^{k+1}_d; mean_k,d, std_k,d^2) for every denoising step k and
+    dimension d (the x^0 term is left out: it has no parameters, so it cancels in every ratio).
+    entropy (B,): sum over k and d of the Gaussian entropy 0.5 log(2 pi e std^2).
+    """
+    terms, entropy = [], 0.0
     for k in range(chain.shape[1] - 1):
         mean, std = transition(k, chain[:, k], False)
-        log_prob = log_prob + gaussian_log_prob(chain[:, k + 1], mean, std).sum(-1)
-    return log_prob
+        terms.append(gaussian_log_prob(chain[:, k + 1], mean, std))
+        entropy = entropy + (0.5 * (LOG_2PI + 1) + torch.log(std)).sum(-1)
+    return torch.cat(terms, -1), entropy  # type: ignore[return-value]

@@ -182,16 +182,20 @@ class TokenVLAPolicy(BasePolicy):
             return logits.argmax(-1)
         return torch.distributions.Categorical(logits=logits).sample()
 
+    def _action_log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities over the 256 bins at the sampling temperature."""
+        return torch.log_softmax(logits / self.temperature, -1)
+
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         if self.decoding == "parallel":
             logits = self.action_logits(obs, None)
-            bins = self._pick(logits, deterministic)
+            bins = self._pick(logits / self.temperature, deterministic)
         else:  # one token at a time, reusing the keys/values of everything before it
             out = self._hidden(self.prefix(obs), use_cache=True)
             step_logits = self._action_logits(out.last_hidden_state[:, -1])
             chosen, all_logits = [], []
             for i in range(self.num_action_tokens):
-                token = self._pick(step_logits, deterministic)
+                token = self._pick(step_logits / self.temperature, deterministic)
                 chosen.append(token)
                 all_logits.append(step_logits)
                 if i + 1 < self.num_action_tokens:
@@ -200,7 +204,7 @@ class TokenVLAPolicy(BasePolicy):
                     step_logits = self._action_logits(out.last_hidden_state[:, -1])
             bins = torch.stack(chosen, 1)
             logits = torch.stack(all_logits, 1)
-        log_prob = torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
+        log_prob = self._action_log_softmax(logits).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
         unit = self.action_tokenizer.decode(bins).view(-1, self.chunk_size, self.action_dim)
         return ActionSample(
             actions=self.normalizer.action_from_unit(unit),
@@ -210,6 +214,17 @@ class TokenVLAPolicy(BasePolicy):
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Sum of the action tokens' log-probabilities (B,), teacher-forced, differentiable."""
+        return self.log_prob_terms(obs, sample)[0].sum(-1)
+
+    def log_prob_terms(self, obs: Observation, sample: ActionSample):
+        """Per-token log-probabilities (B, Ta * Da) and the summed entropy (B,) of the
+        per-token distributions (for autoregressive decoding, each given the sampled prefix)."""
         bins = sample.extras["action_tokens"]
-        logits = self.action_logits(obs, bins)
-        return torch.log_softmax(logits, -1).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
+        log_p = self._action_log_softmax(self.action_logits(obs, bins))
+        entropy = -(log_p.exp() * log_p).sum(-1).sum(-1)
+        return log_p.gather(-1, bins[..., None]).squeeze(-1), entropy
+
+    def observation_features(self, obs: Observation) -> torch.Tensor:
+        """The language model's last hidden state at the last prefix token (B, hidden): the
+        state VLA-RL's critic reads, before any action token."""
+        return self._hidden(self.prefix(obs)).last_hidden_state[:, -1]

@@ -44,7 +44,7 @@ class BaseActionQueue:
         self,
         slots: Sequence[int],
         episodes: Sequence[EpisodeSpec],
-        record: Sequence[bool] | None = None,
+        record: Sequence[bool | str] | None = None,
     ) -> list[list[np.ndarray] | None]:
         for slot in slots:  # a new episode starts a new base chunk
             self.queues[slot].clear()

@@ -29,7 +29,7 @@ class ChunkedEnv(gym.Wrapper):
     def __init__(self, env: gym.Env, terminate_on_success: bool = True):
         super().__init__(env)
         self.terminate_on_success = terminate_on_success
-        self.record_frames = False
+        self.record_frames: bool | str = False  # True: a frame per env step; "chunk": per chunk
         self._done = True
         self._success = False
         self._episode_steps = 0
@@ -47,7 +47,8 @@ class ChunkedEnv(gym.Wrapper):
     def step(self, chunk: np.ndarray):
         """Execute up to n = len(chunk) actions. Returns (obs, reward_sum, terminated, truncated,
         info) with info["rewards"] (steps,), info["steps"], info["success"] (sticky) and, when
-        recording, info["frames"] (steps of H x W x 3 uint8)."""
+        recording, info["frames"] (H x W x 3 uint8: one per step, or with record_frames="chunk"
+        only the chunk's last)."""
         if self._done:
             raise RuntimeError("episode has ended; call reset() before step()")
         chunk = np.asarray(chunk, dtype=np.float32)
@@ -61,13 +62,15 @@ class ChunkedEnv(gym.Wrapper):
             obs, reward, env_terminated, truncated, info = self.env.step(action)
             self._episode_steps += 1
             rewards.append(float(reward))
-            if self.record_frames:
+            if self.record_frames is True:
                 frames.append(self.env.render())
             self._success = self._success or bool(info.get("success", False))
             terminated = bool(env_terminated) or (self.terminate_on_success and self._success)
             if terminated or truncated:
                 break
         self._done = terminated or truncated
+        if self.record_frames == "chunk":  # one frame per decision step: cheap enough to train on
+            frames.append(self.env.render())
         out_info = dict(
             info,
             rewards=np.asarray(rewards, dtype=np.float32),

@@ -21,7 +21,10 @@ from vla_rl.atomic_io import atomic_write_json
 from vla_rl.benchmark import Benchmark, EnvConfig
 from vla_rl.config import ConfigError
 from vla_rl.evaluation import curve_point, evaluate
+from vla_rl.methods.grpo import GRPOConfig
+from vla_rl.methods.ppo import PPOConfig
 from vla_rl.methods.residual import ResidualConfig
+from vla_rl.methods.srpo import SRPOConfig
 from vla_rl.policy import BasePolicy
 from vla_rl.provenance import provenance
 
@@ -33,7 +36,9 @@ class FinetuneConfig:
     base: str = "metaworld-flow"
     """Base policy: a registered name (e.g. the bundled metaworld-flow) or a checkpoint dir."""
     method: str = "residual"
-    """RL method: residual (ResFiT)."""
+    """RL method: residual (ResFiT, a frozen base plus a learned residual), ppo (VLA-RL's
+    trajectory-level PPO), grpo (group-relative, SimpleVLA-RL) or srpo (GRPO with SRPO's
+    progress reward); the last three update the base's own weights."""
     benchmark: str = "metaworld"
     """A registered benchmark (see `vla-rl benchmarks`)."""
     tasks: tuple[str, ...] = ("button-press-topdown-v3",)
@@ -71,6 +76,12 @@ class FinetuneConfig:
     on this machine), so the main process keeps the second core for them."""
     residual: ResidualConfig = field(default_factory=ResidualConfig)
     """Hyperparameters of --method residual."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """Hyperparameters of --method ppo."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """Hyperparameters of --method grpo."""
+    srpo: SRPOConfig = field(default_factory=SRPOConfig)
+    """Hyperparameters of --method srpo."""
 
 
 def check_finetune_config(cfg: FinetuneConfig) -> None:

@@ -29,6 +29,11 @@ class BasePolicy(nn.Module, ABC):
 
     policy_type: ClassVar[str] = "base"
     chunk_size: int = 1  # Ta: actions per chunk the env executes open-loop
+    temperature: float = 1.0
+    """Sampling temperature of stochastic sampling: token families divide their logits by it,
+    chain families (flow, diffusion) multiply their transitions' std by it. `log_prob` scores
+    under the same temperature, so ratios compare the distribution that was sampled (VLA-RL
+    computes log-probs at its rollout temperature). Deterministic sampling ignores it."""
 
     @abstractmethod
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
@@ -41,6 +46,24 @@ class BasePolicy(nn.Module, ABC):
             "policy's weights (ppo, grpo, srpo) need one, sampling-only methods (residual, taco) "
             "do not"
         )
+
+    def log_prob_terms(
+        self, obs: Observation, sample: ActionSample
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The parts `log_prob` adds up, for methods that choose their own reduction (sum or mean
+        over dimensions and denoising steps, or one ratio per part): terms (B, N), where the
+        policy's N parts are its action tokens or its chain's (denoising step, dim) pairs, and
+        the entropy (B,) of the distributions they were drawn from, summed over the N parts.
+        log_prob = terms.sum(-1) + a constant without parameters (the chain's initial noise)."""
+        raise NotImplementedError(
+            f"policy {self.policy_type!r} does not expose per-part log-probabilities; "
+            "ppo, grpo and srpo need them"
+        )
+
+    def observation_features(self, obs: Observation) -> torch.Tensor:
+        """The policy's own representation (B, F) of each observation (SRPO's `policy`
+        trajectory encoder embeds rollouts with it)."""
+        raise NotImplementedError(f"policy {self.policy_type!r} exposes no observation features")
 
     def wrap_env(self, venv: Any) -> Any:
         """The vector env this policy runs on: `venv` itself, or `venv` inside the env-side

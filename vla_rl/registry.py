@@ -136,6 +136,21 @@ METHODS.register(
     "vla_rl.methods.residual:train",
     "ResFiT: off-policy residual RL (TD3 + REDQ + n-step) on a frozen base policy",
 )
+METHODS.register(
+    "ppo",
+    "vla_rl.methods.ppo:train",
+    "VLA-RL: trajectory-level PPO with a critic and GAE on the base policy's own weights",
+)
+METHODS.register(
+    "grpo",
+    "vla_rl.methods.grpo:train",
+    "GRPO: K rollouts per initial state, group-normalised success, clip-higher, dynamic sampling",
+)
+METHODS.register(
+    "srpo",
+    "vla_rl.methods.srpo:train",
+    "SRPO: GRPO with a progress reward from embedded videos of the batch's own successes",
+)
 
 
 def build(registry: Registry, name: str, *args: Any, **kwargs: Any) -> Any:

@@ -91,11 +91,14 @@ class RolloutEngine:
         record_video: Callable[[int, EpisodeSpec], bool] | None = None,
         seed: int | None = 0,
         on_episode_end: Callable[[EpisodeRecord], None] | None = None,
+        frames_per: str = "step",
     ) -> list[EpisodeRecord]:
         """Run every episode once; records come back in the order of `episodes`.
 
         keep_steps: keep observations, samples and per-chunk rewards (for training).
         record_video: (episode index, spec) -> whether to record that episode's frames.
+        frames_per: "step" records a frame per env step (videos), "chunk" one per decision step
+            plus the first (what a trajectory encoder samples from, at a fraction of the cost).
         seed: seeds torch's RNG (policy sampling) for this call; None leaves it alone.
         Every decision (slot refills, policy calls) happens in the main process in a fixed order,
         so results depend on the seed and the configuration, never on timing.
@@ -118,7 +121,7 @@ class RolloutEngine:
                 if wants_video:
                     record.frames = []
                 active[slot] = (idx, record)
-                fill.append((slot, spec, wants_video))
+                fill.append((slot, spec, record_mode if wants_video else False))
             if not fill:
                 return
             t0 = time.perf_counter()
@@ -177,6 +180,9 @@ class RolloutEngine:
         rng_state = torch.random.get_rng_state()
         if seed is not None:
             torch.manual_seed(seed)
+        if frames_per not in ("step", "chunk"):
+            raise ValueError(f"frames_per must be 'step' or 'chunk', got {frames_per!r}")
+        record_mode = True if frames_per == "step" else "chunk"
         was_training = policy.training
         policy.eval()
         # One intra-op thread for inference: the env workers need the other cores, and small

@@ -250,9 +250,10 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         self,
         slots: Sequence[int],
         episodes: Sequence[EpisodeSpec],
-        record: Sequence[bool] | None = None,
+        record: Sequence[bool | str] | None = None,
     ) -> list[list[np.ndarray] | None]:
-        """Reset `slots` into `episodes`; returns the first video frame lists (or None)."""
+        """Reset `slots` into `episodes`; returns the first video frame lists (or None).
+        record: per slot, False, True (a frame per env step) or "chunk" (one per chunk)."""
         record = record or [False] * len(slots)
         # The worker needs the task's name, horizon and instruction, not its list of init ids.
         items = [

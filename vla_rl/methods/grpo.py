@@ -1,0 +1,86 @@
+"""`--method grpo`: group-relative policy optimisation (SimpleVLA-RL; SRPO's objective, §1.3).
+
+Each RL step draws initial states of the train split and runs K = group_size rollouts from
+each. A rollout's score (here its 0/1 success) is normalised within its group,
+    A_i = (g_i - mean_G g) / (std_G g + 1e-6),
+and that one number is every decision step's advantage in rollout i. Groups whose success rate
+lies outside [filter_low, filter_high] carry no contrast and are dropped (DAPO's dynamic
+sampling; the fraction kept is logged). The loss is the clipped surrogate with clip-higher
+(0.2 / 0.28) and dual clip, averaged over every kept action-token (or chain part) ratio.
+No critic. `srpo` is this method with a different score for failed rollouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_rl.advantages import group_advantages, groups_with_contrast
+from vla_rl.benchmark import group_episodes
+from vla_rl.config import ConfigError
+from vla_rl.methods.policy_gradient import OnPolicyMethod, PolicyGradientConfig, train_on_policy
+from vla_rl.trajectories import Trajectories
+
+
+@dataclass
+class GRPOConfig(PolicyGradientConfig):
+    """Defaults from SRPO's released LIBERO scripts in siiRL (methods.md §1.6) unless stated."""
+
+    lr: float = 3e-5
+    """Policy learning rate. SRPO: 5e-6 for a 7B OpenVLA; ours is for full fine-tuning of the
+    bundled ~0.4 M-parameter policies (docs/RESULTS.md)."""
+    group_size: int = 8
+    """K rollouts per initial state (SRPO: 8). episodes_per_step / K initial states per step."""
+    clip_high: float = 0.28
+    """Clip-higher (SRPO: 0.28, with clip_low 0.2)."""
+    dual_clip: float | None = 3.0
+    """siiRL's dual clip for negative advantages (3.0)."""
+    reduction: str = "token"
+    """siiRL forms one ratio per action token and averages the loss over tokens."""
+    filter_low: float = 0.1
+    """Drop groups whose success rate is below this (SRPO: 0.1)."""
+    filter_high: float = 0.9
+    """Drop groups whose success rate is above this (SRPO: 0.9)."""
+
+
+class GRPO(OnPolicyMethod):
+    name = "grpo"
+
+    def __init__(self, cfg, policy, benchmark):
+        super().__init__(cfg, policy, benchmark)
+        tasks = benchmark.resolve_task_names(list(cfg.tasks) or None)
+        per_task = self.pg.episodes_per_step // (self.pg.group_size * len(tasks))
+        if self.pg.group_size < 2 or per_task < 1:
+            raise ConfigError(
+                f"--{self.name}.episodes-per-step ({self.pg.episodes_per_step}) must hold at "
+                f"least one group of --{self.name}.group-size ({self.pg.group_size}, >= 2) per "
+                f"task ({len(tasks)} tasks)"
+            )
+        self.states_per_task = per_task
+
+    def episodes(self, tasks, rng):
+        return group_episodes(tasks, self.states_per_task, self.pg.group_size, rng)
+
+    def scores(
+        self, traj: Trajectories, videos: list[np.ndarray] | None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Each rollout's trajectory-level reward (B,): its success."""
+        return traj.success.float(), {}
+
+    def advantages(self, traj, videos):
+        scores, metrics = self.scores(traj, videos)
+        keep = groups_with_contrast(traj.success, traj.group, self.pg.filter_low,
+                                    self.pg.filter_high)  # fmt: skip
+        per_episode = group_advantages(scores, traj.group)
+        adv = per_episode[None].expand_as(traj.rewards) * traj.valid.float()
+        num_groups = len(traj.group.unique())
+        metrics.update(mean_reward=float(scores.mean()),
+                       groups_kept=len(traj.group[keep].unique()) / num_groups)  # fmt: skip
+        return adv, keep, metrics
+
+
+def train(cfg) -> dict[str, Any]:
+    return train_on_policy(cfg, GRPO)

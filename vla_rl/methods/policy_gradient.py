@@ -1,0 +1,400 @@
+"""What ppo, grpo and srpo share: on-policy RL steps that update the base policy's own weights.
+
+One RL step: roll out whole episodes with the current policy (stochastic, at the sampling
+temperature), let the method turn them into per-step advantages (GAE with a critic, or group-
+normalised trajectory scores), then take clipped policy-gradient steps on the stored samples:
+
+    old log-probs: recomputed with the training model before the first update (methods.md
+                   section 0.1: sampling-time log-probs can differ from the training forward);
+    loss         = clipped surrogate on exp(reduce(log pi) - reduce(log pi_old)) with the
+                   method's advantage, averaged over every kept decision step (and part, for the
+                   token-level reduction), + kl_coef * k3 KL to the reference policy
+                   - entropy_coef * entropy per part.
+
+Padded steps never enter a loss: samples are gathered by index from the valid steps only.
+A method is a small class (`OnPolicyMethod`) that picks each step's episodes, computes the
+advantages, and may train something of its own (PPO's critic); `train_on_policy` is the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_rl.atomic_io import atomic_directory
+from vla_rl.benchmark import Benchmark, EpisodeSpec, TaskSpec, get_benchmark
+from vla_rl.config import ConfigError, to_dict
+from vla_rl.metrics import MetricsLogger
+from vla_rl.plots import plot_learning_curve
+from vla_rl.policy import BasePolicy, load_policy
+from vla_rl.policy_loss import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
+from vla_rl.rollout import EpisodeRecord, RolloutEngine
+from vla_rl.trajectories import Trajectories
+from vla_rl.types import ActionSample, Observation
+
+if TYPE_CHECKING:
+    from vla_rl.finetune import FinetuneConfig
+
+
+@dataclass
+class PolicyGradientConfig:
+    """Settings every on-policy method shares. Each method's subclass sets its own defaults and
+    says where they come from."""
+
+    episodes_per_step: int = 64
+    """Rollouts per RL step (whole episodes). SRPO's released scripts use 512 (64 prompts x 8);
+    64 keeps one step near a minute on a 2-core CPU with the bundled Meta-World policies."""
+    lr: float = 1e-5
+    """Adam learning rate of the policy (or its LoRA adapters)."""
+    epochs: int = 1
+    """Passes over each step's samples (SRPO and VLA-RL: 1)."""
+    minibatch_size: int = 512
+    """Decision steps per gradient step."""
+    clip_low: float = 0.2
+    """Lower clip: ratios below 1 - clip_low stop pushing (PPO's epsilon)."""
+    clip_high: float = 0.2
+    """Upper clip: ratios above 1 + clip_high stop pushing; > clip_low is DAPO's clip-higher."""
+    dual_clip: float | None = None
+    """Cap -A * c on the loss of negative-advantage samples (siiRL: 3.0); None: off."""
+    reduction: str = "sum"
+    """How a decision step's log-prob parts form ratios: sum (one ratio from the summed
+    log-prob), mean (one ratio from the mean), token (one ratio per part, loss averaged)."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts (token logits / T; chain noise std * T)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the frozen starting policy (0 = no reference copy is kept)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus per log-prob part (SRPO and VLA-RL: 0)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (SRPO and VLA-RL: 1.0)."""
+    lora_rank: int = 0
+    """LoRA rank (peft, every linear layer); 0 trains every weight (right for small policies).
+    VLA-RL and SRPO train 7B bases with rank 32."""
+    lora_alpha: float = 16.0
+    """LoRA alpha (VLA-RL: 16)."""
+    rollout_envs: int = 16
+    """Env slots of the training rollouts (eval points use --env). On-policy steps alternate
+    rollout and update, so rollouts get every core."""
+    rollout_workers: int = 2
+    """Worker processes of the training rollouts (2 = the reference machine's cores)."""
+    save_every: int = 1
+    """RL steps between checkpoints (a checkpoint is small: weights, optimizer, RNG)."""
+
+
+def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
+    for name in ("episodes_per_step", "epochs", "minibatch_size", "rollout_envs", "save_every"):
+        if getattr(pg, name) < 1:
+            raise ConfigError(f"--{flag}.{name.replace('_', '-')} must be >= 1")
+    if pg.reduction not in REDUCTIONS:
+        raise ConfigError(
+            f"--{flag}.reduction {pg.reduction!r} is not one of: {', '.join(REDUCTIONS)}"
+        )
+    if pg.temperature <= 0 or pg.lr <= 0:
+        raise ConfigError(f"--{flag}.temperature and --{flag}.lr must be > 0")
+    if not (0 <= pg.clip_low < 1 and pg.clip_high >= 0):
+        raise ConfigError(f"--{flag}.clip-low must be in [0, 1) and --{flag}.clip-high >= 0")
+    if pg.lora_rank < 0:
+        raise ConfigError(f"--{flag}.lora-rank must be >= 0")
+
+
+# ---- samples of a batch of trajectories ------------------------------------------------------
+def gather_obs(traj: Trajectories, t_idx: torch.Tensor, b_idx: torch.Tensor) -> Observation:
+    """The observations of decision steps (t_idx[i], b_idx[i]) as one batch."""
+    out: dict[str, Any] = {}
+    for key, value in traj.obs.items():
+        if isinstance(value, list):
+            out[key] = [value[int(b)] for b in b_idx]
+        else:
+            out[key] = value[t_idx, b_idx].numpy()
+    return out  # type: ignore[return-value]
+
+
+def gather_sample(traj: Trajectories, t_idx: torch.Tensor, b_idx: torch.Tensor) -> ActionSample:
+    return ActionSample(
+        actions=traj.actions[t_idx, b_idx],
+        extras={k: v[t_idx, b_idx] for k, v in traj.extras.items()},
+    )
+
+
+def score(policy: BasePolicy, traj: Trajectories, t_idx, b_idx, batch: int) -> torch.Tensor:
+    """Log-prob parts (S, N) of the given steps under `policy`, without gradients."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(t_idx), batch):
+            t, b = t_idx[i : i + batch], b_idx[i : i + batch]
+            out.append(policy.log_prob_terms(gather_obs(traj, t, b), gather_sample(traj, t, b))[0])
+    return torch.cat(out)
+
+
+def policy_update(
+    policy: BasePolicy,
+    optimizer: torch.optim.Optimizer,
+    traj: Trajectories,
+    advantages: torch.Tensor,
+    keep: torch.Tensor,
+    pg: PolicyGradientConfig,
+    reference: BasePolicy | None,
+    rng: torch.Generator,
+) -> dict[str, float]:
+    """Clipped policy-gradient steps on the valid steps of the kept episodes.
+
+    advantages (T, B): per decision step; keep (B,) bool. Returns the step's metrics: clip
+    fraction, approx-KL (k3, new vs old), entropy per part, gradient norm (before clipping),
+    policy loss, and KL to the reference when kl_coef > 0.
+    """
+    t_idx, b_idx = torch.nonzero(traj.valid & keep[None], as_tuple=True)
+    if len(t_idx) == 0:
+        return {}
+    adv = advantages[t_idx, b_idx]
+    old = score(policy, traj, t_idx, b_idx, pg.minibatch_size)  # recomputed, not sampling-time
+    ref = score(reference, traj, t_idx, b_idx, pg.minibatch_size) if reference else None
+    sums: dict[str, float] = {}
+    count = 0
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    policy.train()
+    for _ in range(pg.epochs):
+        order = torch.randperm(len(t_idx), generator=rng)
+        for i in range(0, len(order), pg.minibatch_size):
+            mb = order[i : i + pg.minibatch_size]
+            t, b = t_idx[mb], b_idx[mb]
+            terms, entropy = policy.log_prob_terms(
+                gather_obs(traj, t, b), gather_sample(traj, t, b)
+            )
+            new_lp = reduce_terms(terms, pg.reduction)  # (S, M)
+            log_ratio = new_lp - reduce_terms(old[mb], pg.reduction)
+            loss_parts, clipped = clipped_surrogate(
+                log_ratio, adv[mb, None], pg.clip_low, pg.clip_high, pg.dual_clip
+            )
+            loss = loss_parts.mean()
+            entropy_per_part = entropy / terms.shape[1]  # (S,) per token or (step, dim)
+            metrics = {"policy_loss": loss.item()}
+            if pg.entropy_coef:
+                loss = loss - pg.entropy_coef * entropy_per_part.mean()
+            if ref is not None:
+                kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean()
+                loss = loss + pg.kl_coef * kl
+                metrics["kl_to_reference"] = float(kl)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, pg.grad_clip)
+            optimizer.step()
+            metrics.update(
+                clip_fraction=float(clipped.float().mean()),
+                approx_kl=float(k3_kl(log_ratio.detach()).mean()),
+                entropy=entropy_per_part.mean().item(),
+                grad_norm=float(grad_norm),
+            )
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    out = {k: v / count for k, v in sums.items()}
+    out["samples"] = float(len(t_idx))
+    return out
+
+
+# ---- the method interface ------------------------------------------------------------------
+class OnPolicyMethod:
+    """What distinguishes ppo, grpo and srpo; the loop in `train_on_policy` does the rest."""
+
+    name = "on-policy"
+    needs_frames = False  # whether `advantages` reads the rollouts' videos
+
+    def __init__(self, cfg: FinetuneConfig, policy: BasePolicy, benchmark: Benchmark):
+        self.cfg, self.policy, self.benchmark = cfg, policy, benchmark
+
+    @property
+    def pg(self) -> PolicyGradientConfig:
+        return getattr(self.cfg, self.name)
+
+    def episodes(self, tasks: list[TaskSpec], rng: np.random.Generator) -> list[EpisodeSpec]:
+        """This step's episodes: random initial states of the train split."""
+        out = []
+        for _ in range(self.pg.episodes_per_step):
+            task = tasks[int(rng.integers(len(tasks)))]
+            out.append(EpisodeSpec(task, int(task.init_ids[int(rng.integers(len(task.init_ids)))])))
+        return out
+
+    def advantages(
+        self, traj: Trajectories, videos: list[np.ndarray] | None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(advantages (T, B), kept episodes (B,) bool, metrics incl. "mean_reward")."""
+        raise NotImplementedError
+
+    def updates_policy(self, rl_step: int) -> bool:
+        """Whether this step updates the policy (False during PPO's critic warm-up)."""
+        return True
+
+    def extra_update(self, traj: Trajectories) -> dict[str, float]:
+        """Train the method's own parts on this step's data (PPO's critic)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def save_checkpoint(run, policy, optimizer, method, state: dict) -> None:
+    """checkpoint/: training weights (LoRA adapters included), optimizer, the method's own parts
+    and RNG in learner.pt, and state.json, published atomically together."""
+    import json
+
+    with atomic_directory(run / "checkpoint") as tmp:
+        torch.save({"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                    "method": method.state_dict(), "torch_rng": torch.random.get_rng_state()},
+                   tmp / "learner.pt")  # fmt: skip
+        (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+
+
+def train_on_policy(cfg: FinetuneConfig, method_cls: type[OnPolicyMethod]) -> dict[str, Any]:
+    """The on-policy loop: RL steps until cfg.env_steps, eval points, checkpoints, results."""
+    from vla_rl.finetune import eval_point, final_results, load_state, run_directory
+    from vla_rl.lora import add_lora, merge_lora
+
+    name = method_cls.name
+    pg: PolicyGradientConfig = getattr(cfg, name)
+    check_pg_config(pg, name)
+
+    # ---- build: benchmark, tasks, policy (+ LoRA), reference, method, optimizer -------------
+    benchmark = get_benchmark(cfg.benchmark)
+    names = benchmark.resolve_task_names(list(cfg.tasks) or None)
+    train_tasks = benchmark.tasks("train", names)
+    base = load_policy(cfg.base, benchmark)
+    if type(base).log_prob_terms is BasePolicy.log_prob_terms:
+        raise ConfigError(
+            f"--base {cfg.base}: policy type {base.policy_type!r} has no per-part log-probs; "
+            f"--method {name} updates the policy's weights and needs them (the native families "
+            "flow, diffusion and tokenvla have them; use --method residual for others)"
+        )
+    policy = copy.deepcopy(base)
+    run = run_directory(cfg)
+    saved = load_state(run) if cfg.resume else None
+    if cfg.resume and saved is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    trainable = add_lora(policy, pg.lora_rank, pg.lora_alpha) if pg.lora_rank else None
+    reference = None
+    if pg.kl_coef > 0:
+        reference = copy.deepcopy(base).eval().requires_grad_(False)
+        reference.temperature = pg.temperature
+    method = method_cls(cfg, policy, benchmark)
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
+
+    state: dict[str, Any] = {"env_steps": 0, "rl_steps": 0, "episodes": 0, "wall_s": 0.0,
+                             "curve": [], "timing": []}  # fmt: skip
+    if saved is not None:
+        learner = torch.load(run / "checkpoint" / "learner.pt", weights_only=False)
+        policy.load_state_dict(learner["policy"])
+        optimizer.load_state_dict(learner["optimizer"])
+        method.load_state_dict(learner["method"])
+        torch.random.set_rng_state(learner["torch_rng"])
+        state = saved
+        rng.bit_generator.state = state.pop("numpy_rng")
+        shuffle.manual_seed(cfg.seed + state["rl_steps"])
+
+    logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
+    rollout_env = dataclasses.replace(
+        cfg.env, num_envs=pg.rollout_envs, num_workers=pg.rollout_workers,
+        video_size=getattr(pg, "frame_size", 0) if method.needs_frames else 0,
+    )  # fmt: skip
+    venv = policy.wrap_env(benchmark.make_env(train_tasks, rollout_env))
+    engine = RolloutEngine(venv, rollout_env.pipeline_groups)
+
+    def evaluate_now() -> None:
+        point = eval_point(policy, benchmark, cfg, names, state)
+        point["rl_steps"] = state["rl_steps"]
+        state["curve"].append(point)
+        logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
+
+    if not state["curve"]:
+        evaluate_now()  # before any update: the base's own success
+    bar = tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=0.3,
+               desc=f"{name} {','.join(names)[:40]}", disable=not cfg.progress,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
+    last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+    try:
+        while state["env_steps"] < cfg.env_steps:
+            # -- rollout ------------------------------------------------------------------
+            t0 = time.perf_counter()
+            episodes = method.episodes(train_tasks, rng)
+            policy.temperature = pg.temperature
+            records: list[EpisodeRecord] = engine.run(
+                policy, episodes, keep_steps=True, seed=cfg.seed * 1_000_003 + state["rl_steps"],
+                record_video=(lambda i, s: True) if method.needs_frames else None,
+                frames_per="chunk",
+            )  # fmt: skip
+            traj = Trajectories.from_episodes(records)
+            videos = [np.stack(r.frames) for r in records] if method.needs_frames else None
+            t1 = time.perf_counter()
+            # -- rewards and advantages ---------------------------------------------------
+            advantages, keep, metrics = method.advantages(traj, videos)
+            t2 = time.perf_counter()
+            # -- update --------------------------------------------------------------------
+            metrics.update(method.extra_update(traj))
+            if method.updates_policy(state["rl_steps"]) and keep.any():
+                metrics.update(
+                    policy_update(policy, optimizer, traj, advantages, keep, pg, reference, shuffle)
+                )
+            t3 = time.perf_counter()
+
+            steps = sum(r.env_steps for r in records)
+            state["env_steps"] += steps
+            state["rl_steps"] += 1
+            state["episodes"] += len(records)
+            state["wall_s"] += t3 - t0
+            timing = {"rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2}
+            state["timing"].append({k: round(v, 2) for k, v in timing.items()})
+            metrics.update(success_rate=float(traj.success.float().mean()),
+                           episodes=float(len(records)), **timing)  # fmt: skip
+            logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
+            bar.update(steps)
+            bar.set_postfix(step=state["rl_steps"], train=f"{metrics['success_rate']:.2f}",
+                            eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
+
+            # -- evaluate and checkpoint ---------------------------------------------------
+            done = state["env_steps"] >= cfg.env_steps
+            if state["env_steps"] - last_eval >= cfg.eval_every or done:
+                last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+                evaluate_now()
+            if state["rl_steps"] % pg.save_every == 0 or done:
+                save_checkpoint(run, policy, optimizer, method,
+                                dict(state, numpy_rng=rng.bit_generator.state))  # fmt: skip
+    finally:
+        bar.close()
+        venv.close()
+        logger.close()
+
+    if trainable is not None:
+        merge_lora(policy)  # the result is a plain checkpoint of the base's family
+    policy.temperature = type(policy).temperature
+    policy.eval()
+    policy.save_pretrained(run / "policy")
+    plot_learning_curve(
+        state["curve"], run / "learning_curve.png", x_keys=("env_steps", "wall_s"),
+        title=f"{name} on {cfg.base}: {', '.join(names)}",
+    )  # fmt: skip
+    timing = {k: round(float(np.mean([t[k] for t in state["timing"]])), 2)
+              for k in ("rollout_s", "reward_s", "update_s")}  # fmt: skip
+    extra = {
+        "method": name,
+        "policy_dir": str(run / "policy"),
+        "env_steps": state["env_steps"],
+        "rl_steps": state["rl_steps"],
+        "train_episodes": state["episodes"],
+        "train_wall_s": round(state["wall_s"], 1),
+        "mean_step_timing_s": timing,
+        "lora_trainable_params": trainable,
+        "curve": state["curve"],
+    }
+    return final_results(policy, base, benchmark, cfg, names, run, extra)
