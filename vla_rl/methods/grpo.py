@@ -29,7 +29,7 @@ from vla_rl.trajectories import Trajectories
 class GRPOConfig(PolicyGradientConfig):
     """Defaults from SRPO's released LIBERO scripts in siiRL (methods.md §1.6) unless stated."""
 
-    lr: float = 3e-5
+    lr: float = 1e-4
     """Policy learning rate. SRPO: 5e-6 for a 7B OpenVLA; ours is for full fine-tuning of the
     bundled ~0.4 M-parameter policies (docs/RESULTS.md)."""
     group_size: int = 8
