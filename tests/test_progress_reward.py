@@ -103,3 +103,14 @@ def test_vjepa2_encoder_loads_a_local_checkpoint(tmp_path):
     assert emb.shape == (2, 32) and not np.allclose(emb[0], emb[1])
     with pytest.raises(OSError, match="local directory"):
         VJEPA2Encoder(str(tmp_path / "missing"))
+
+
+def test_spearman_by_hand():
+    from vla_rl.reward_quality import spearman
+
+    assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(np.array([1, 2, 3]), np.array([9, 4, 1])) == pytest.approx(-1.0)
+    # ranks x: 0, 1, 2, 3; y with a tie: 0, 1.5, 1.5, 3 -> r = 4.5 / sqrt(5 * 4.5)
+    assert spearman(np.array([1, 2, 3, 4]), np.array([1, 5, 5, 9])) == pytest.approx(
+        4.5 / np.sqrt(5 * 4.5)
+    )

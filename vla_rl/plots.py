@@ -39,3 +39,35 @@ def plot_learning_curve(
             fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
+
+
+def plot_comparison(
+    runs: dict[str, list[dict]], path: str | Path, title: str, x_keys: tuple[str, ...]
+) -> None:
+    """Several runs' learning curves in one figure (one panel per x key): success rate with its
+    95% interval per run. runs: label -> curve points as in `plot_learning_curve`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"env_steps": "env steps", "wall_s": "training wall-clock (s)", "rl_steps": "RL steps"}
+    fig, axes = plt.subplots(1, len(x_keys), figsize=(5.5 * len(x_keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], x_keys):
+        for label, points in runs.items():
+            xs = [p[key] for p in points]
+            line = ax.plot(xs, [p["success_rate"] for p in points], marker="o", ms=3, label=label)
+            ax.fill_between(xs, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points],
+                            alpha=0.12, color=line[0].get_color())  # fmt: skip
+        ax.set_xlabel(labels.get(key, key))
+        ax.set_ylabel("success rate (eval split)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
