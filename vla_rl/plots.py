@@ -14,31 +14,7 @@ def plot_learning_curve(
 
     points: dicts with the x keys, "success_rate" and "ci95" ([low, high]).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = {"step": "training step", "wall_s": "wall-clock (s)", "env_steps": "env steps"}
-    fig, axes = plt.subplots(1, len(x_keys), figsize=(5 * len(x_keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], x_keys):
-        xs = [p[key] for p in points]
-        ys = [p["success_rate"] for p in points]
-        ax.fill_between(xs, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points],
-                        alpha=0.25, label="95% Wilson interval")  # fmt: skip
-        ax.plot(xs, ys, marker="o", label="eval success")
-        ax.set_xlabel(labels.get(key, key))
-        ax.set_ylabel("success rate (eval split)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(loc="lower right")
-    fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    plot_comparison({"eval success (95% Wilson interval shaded)": points}, path, title, x_keys)
 
 
 def plot_comparison(
@@ -51,14 +27,16 @@ def plot_comparison(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"env_steps": "env steps", "wall_s": "training wall-clock (s)", "rl_steps": "RL steps"}
+    labels = {"step": "training step", "env_steps": "env steps", "rl_steps": "RL steps",
+              "wall_s": "training wall-clock (s)"}  # fmt: skip
     fig, axes = plt.subplots(1, len(x_keys), figsize=(5.5 * len(x_keys), 3.8), squeeze=False)
     for ax, key in zip(axes[0], x_keys):
         for label, points in runs.items():
             xs = [p[key] for p in points]
             line = ax.plot(xs, [p["success_rate"] for p in points], marker="o", ms=3, label=label)
             ax.fill_between(xs, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points],
-                            alpha=0.12, color=line[0].get_color())  # fmt: skip
+                            alpha=0.2 if len(runs) == 1 else 0.12,
+                            color=line[0].get_color())  # fmt: skip
         ax.set_xlabel(labels.get(key, key))
         ax.set_ylabel("success rate (eval split)")
         ax.set_ylim(-0.02, 1.02)

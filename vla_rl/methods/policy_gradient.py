@@ -68,7 +68,9 @@ class PolicyGradientConfig:
     """How a decision step's log-prob parts form ratios: sum (one ratio from the summed
     log-prob), mean (one ratio from the mean), token (one ratio per part, loss averaged)."""
     temperature: float = 1.0
-    """Sampling temperature of training rollouts (token logits / T; chain noise std * T)."""
+    """Sampling temperature of training rollouts (token logits / T; chain noise std * T).
+    VLA-RL uses 1.5 and SRPO 1.6 on OpenVLA's peaked token head; 1.0 on the bundled policies,
+    whose stochastic rollouts already differ within a group (docs/RESULTS.md)."""
     kl_coef: float = 0.0
     """Weight of the k3 KL to the frozen starting policy (0 = no reference copy is kept)."""
     entropy_coef: float = 0.0
