@@ -148,7 +148,7 @@ class PPO(OnPolicyMethod):
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.critic.parameters(), self.pg.grad_clip)
                 self.critic_opt.step()
-                losses.append(float(loss))
+                losses.append(loss.item())
         return {"value_loss": float(np.mean(losses))}
 
     def state_dict(self) -> dict[str, Any]:
