@@ -164,3 +164,31 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 def load_state(run: Path) -> dict[str, Any] | None:
     path = run / "checkpoint" / "state.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+@dataclass
+class RunSetup:
+    """What every method builds first, the same way: benchmark, task names and train split, the
+    base policy, the run directory and (with --resume) the saved state."""
+
+    benchmark: Benchmark
+    names: list[str]
+    train_tasks: list
+    base: BasePolicy
+    run: Path
+    saved: dict[str, Any] | None
+
+
+def setup_run(cfg: FinetuneConfig) -> RunSetup:
+    """Resolve the benchmark, tasks and base, and find the checkpoint to resume; writes nothing."""
+    from vla_rl.benchmark import get_benchmark
+    from vla_rl.policy import load_policy
+
+    benchmark = get_benchmark(cfg.benchmark)
+    names = benchmark.resolve_task_names(list(cfg.tasks) or None)
+    base = load_policy(cfg.base, benchmark)
+    run = run_directory(cfg)
+    saved = load_state(run) if cfg.resume else None
+    if cfg.resume and saved is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
+    return RunSetup(benchmark, names, benchmark.tasks("train", names), base, run, saved)

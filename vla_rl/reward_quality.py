@@ -30,7 +30,7 @@ from vla_rl.progress_reward import ProgressRewardConfig, progress_rewards
 from vla_rl.provenance import provenance
 from vla_rl.rollout import RolloutEngine
 from vla_rl.trajectories import Trajectories
-from vla_rl.trajectory_encoders import EfficientNetEncoder, PolicyFeatureEncoder, pool
+from vla_rl.trajectory_encoders import EfficientNetEncoder, PolicyFeatureEncoder
 
 CUTS = (0.2, 0.4, 0.6, 0.8)
 
@@ -66,7 +66,7 @@ class PixelEncoder:
         for v in videos:
             clip = v[uniform_indices(len(v), self.frames)]
             px = frames_to_pixels(clip, 16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-            out.append(pool(px.flatten(1)[None], "mean")[0])
+            out.append(px.flatten(1).mean(0))
         return torch.stack(out).numpy()
 
 

@@ -66,6 +66,23 @@ class Trajectories:
             extras={k: v[t] for k, v in self.extras.items()},
         )
 
+    def gather_obs(self, t_idx: torch.Tensor, b_idx: torch.Tensor) -> Observation:
+        """The observations of decision steps (t_idx[i], b_idx[i]) as one batch of len(t_idx)."""
+        out: dict = {}
+        for key, value in self.obs.items():
+            if isinstance(value, list):
+                out[key] = [value[int(b)] for b in b_idx]
+            else:
+                out[key] = value[t_idx, b_idx].numpy()
+        return out  # type: ignore[return-value]
+
+    def gather_samples(self, t_idx: torch.Tensor, b_idx: torch.Tensor) -> ActionSample:
+        """The ActionSamples of decision steps (t_idx[i], b_idx[i]), without log-probs."""
+        return ActionSample(
+            actions=self.actions[t_idx, b_idx],
+            extras={k: v[t_idx, b_idx] for k, v in self.extras.items()},
+        )
+
     def obs_at(self, t: int) -> Observation:
         out = {k: v[t] for k, v in self.obs.items() if not isinstance(v, list)}
         out["instruction"] = list(self.obs["instruction"])

@@ -141,16 +141,11 @@ class PolicyFeatureEncoder:
     def __call__(self, traj: Trajectories, videos: Any = None) -> np.ndarray:
         lengths = traj.lengths.tolist()
         steps = np.stack([uniform_indices(int(n), self.frames) for n in lengths])  # (B, F)
-        cols = np.repeat(np.arange(traj.batch_size), self.frames)
-        rows = steps.reshape(-1)
-        obs: dict[str, Any] = {}
-        for key, value in traj.obs.items():
-            obs[key] = [value[c] for c in cols] if isinstance(value, list) else value[rows, cols]
-            if isinstance(obs[key], torch.Tensor):
-                obs[key] = obs[key].numpy()
+        episodes = torch.arange(traj.batch_size).repeat_interleave(self.frames)
+        obs = traj.gather_obs(torch.as_tensor(steps.reshape(-1)), episodes)
         was_training = self.policy.training
         self.policy.eval()
-        feats = self.policy.observation_features(obs)  # type: ignore[arg-type]
+        feats = self.policy.observation_features(obs)
         self.policy.train(was_training)
         return pool(feats.view(traj.batch_size, self.frames, -1), self.pooling).numpy()
 

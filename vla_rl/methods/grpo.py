@@ -49,9 +49,8 @@ class GRPOConfig(PolicyGradientConfig):
 class GRPO(OnPolicyMethod):
     name = "grpo"
 
-    def __init__(self, cfg, policy, benchmark):
-        super().__init__(cfg, policy, benchmark)
-        tasks = benchmark.resolve_task_names(list(cfg.tasks) or None)
+    def __init__(self, cfg, policy, benchmark, tasks):
+        super().__init__(cfg, policy, benchmark, tasks)
         per_task = self.pg.episodes_per_step // (self.pg.group_size * len(tasks))
         if self.pg.group_size < 2 or per_task < 1:
             raise ConfigError(

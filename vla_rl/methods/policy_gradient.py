@@ -30,15 +30,14 @@ import torch
 from tqdm import tqdm
 
 from vla_rl.atomic_io import atomic_directory
-from vla_rl.benchmark import Benchmark, EpisodeSpec, TaskSpec, get_benchmark
+from vla_rl.benchmark import Benchmark, EpisodeSpec, TaskSpec
 from vla_rl.config import ConfigError, to_dict
 from vla_rl.metrics import MetricsLogger
 from vla_rl.plots import plot_learning_curve
-from vla_rl.policy import BasePolicy, load_policy
+from vla_rl.policy import BasePolicy
 from vla_rl.policy_loss import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
 from vla_rl.rollout import EpisodeRecord, RolloutEngine
 from vla_rl.trajectories import Trajectories
-from vla_rl.types import ActionSample, Observation
 
 if TYPE_CHECKING:
     from vla_rl.finetune import FinetuneConfig
@@ -107,32 +106,14 @@ def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
         raise ConfigError(f"--{flag}.lora-rank must be >= 0")
 
 
-# ---- samples of a batch of trajectories ------------------------------------------------------
-def gather_obs(traj: Trajectories, t_idx: torch.Tensor, b_idx: torch.Tensor) -> Observation:
-    """The observations of decision steps (t_idx[i], b_idx[i]) as one batch."""
-    out: dict[str, Any] = {}
-    for key, value in traj.obs.items():
-        if isinstance(value, list):
-            out[key] = [value[int(b)] for b in b_idx]
-        else:
-            out[key] = value[t_idx, b_idx].numpy()
-    return out  # type: ignore[return-value]
-
-
-def gather_sample(traj: Trajectories, t_idx: torch.Tensor, b_idx: torch.Tensor) -> ActionSample:
-    return ActionSample(
-        actions=traj.actions[t_idx, b_idx],
-        extras={k: v[t_idx, b_idx] for k, v in traj.extras.items()},
-    )
-
-
+# ---- scoring and updating on a batch of trajectories --------------------------------------
 def score(policy: BasePolicy, traj: Trajectories, t_idx, b_idx, batch: int) -> torch.Tensor:
     """Log-prob parts (S, N) of the given steps under `policy`, without gradients."""
     out = []
     with torch.no_grad():
         for i in range(0, len(t_idx), batch):
             t, b = t_idx[i : i + batch], b_idx[i : i + batch]
-            out.append(policy.log_prob_terms(gather_obs(traj, t, b), gather_sample(traj, t, b))[0])
+            out.append(policy.log_prob_terms(traj.gather_obs(t, b), traj.gather_samples(t, b))[0])
     return torch.cat(out)
 
 
@@ -167,9 +148,7 @@ def policy_update(
         for i in range(0, len(order), pg.minibatch_size):
             mb = order[i : i + pg.minibatch_size]
             t, b = t_idx[mb], b_idx[mb]
-            terms, entropy = policy.log_prob_terms(
-                gather_obs(traj, t, b), gather_sample(traj, t, b)
-            )
+            terms, entropy = policy.log_prob_terms(traj.gather_obs(t, b), traj.gather_samples(t, b))
             new_lp = reduce_terms(terms, pg.reduction)  # (S, M)
             log_ratio = new_lp - reduce_terms(old[mb], pg.reduction)
             loss_parts, clipped = clipped_surrogate(
@@ -209,8 +188,11 @@ class OnPolicyMethod:
     name = "on-policy"
     needs_frames = False  # whether `advantages` reads the rollouts' videos
 
-    def __init__(self, cfg: FinetuneConfig, policy: BasePolicy, benchmark: Benchmark):
-        self.cfg, self.policy, self.benchmark = cfg, policy, benchmark
+    def __init__(
+        self, cfg: FinetuneConfig, policy: BasePolicy, benchmark: Benchmark, tasks: list[str]
+    ):
+        """tasks: the resolved names of the tasks trained on."""
+        self.cfg, self.policy, self.benchmark, self.tasks = cfg, policy, benchmark, tasks
 
     @property
     def pg(self) -> PolicyGradientConfig:
@@ -259,7 +241,7 @@ def save_checkpoint(run, policy, optimizer, method, state: dict) -> None:
 
 def train_on_policy(cfg: FinetuneConfig, method_cls: type[OnPolicyMethod]) -> dict[str, Any]:
     """The on-policy loop: RL steps until cfg.env_steps, eval points, checkpoints, results."""
-    from vla_rl.finetune import eval_point, final_results, load_state, run_directory
+    from vla_rl.finetune import eval_point, final_results, setup_run
     from vla_rl.lora import add_lora, merge_lora
 
     name = method_cls.name
@@ -267,10 +249,9 @@ def train_on_policy(cfg: FinetuneConfig, method_cls: type[OnPolicyMethod]) -> di
     check_pg_config(pg, name)
 
     # ---- build: benchmark, tasks, policy (+ LoRA), reference, method, optimizer -------------
-    benchmark = get_benchmark(cfg.benchmark)
-    names = benchmark.resolve_task_names(list(cfg.tasks) or None)
-    train_tasks = benchmark.tasks("train", names)
-    base = load_policy(cfg.base, benchmark)
+    setup = setup_run(cfg)
+    benchmark, names, train_tasks = setup.benchmark, setup.names, setup.train_tasks
+    base, run, saved = setup.base, setup.run, setup.saved
     if type(base).log_prob_terms is BasePolicy.log_prob_terms:
         raise ConfigError(
             f"--base {cfg.base}: policy type {base.policy_type!r} has no per-part log-probs; "
@@ -278,10 +259,6 @@ def train_on_policy(cfg: FinetuneConfig, method_cls: type[OnPolicyMethod]) -> di
             "flow, diffusion and tokenvla have them; use --method residual for others)"
         )
     policy = copy.deepcopy(base)
-    run = run_directory(cfg)
-    saved = load_state(run) if cfg.resume else None
-    if cfg.resume and saved is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -290,7 +267,7 @@ def train_on_policy(cfg: FinetuneConfig, method_cls: type[OnPolicyMethod]) -> di
     if pg.kl_coef > 0:
         reference = copy.deepcopy(base).eval().requires_grad_(False)
         reference.temperature = pg.temperature
-    method = method_cls(cfg, policy, benchmark)
+    method = method_cls(cfg, policy, benchmark, names)
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
 
     state: dict[str, Any] = {"env_steps": 0, "rl_steps": 0, "episodes": 0, "wall_s": 0.0,

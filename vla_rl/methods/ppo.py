@@ -87,9 +87,8 @@ class StateCritic(nn.Module):
 class PPO(OnPolicyMethod):
     name = "ppo"
 
-    def __init__(self, cfg, policy, benchmark):
-        super().__init__(cfg, policy, benchmark)
-        tasks = benchmark.resolve_task_names(list(cfg.tasks) or None)
+    def __init__(self, cfg, policy, benchmark, tasks):
+        super().__init__(cfg, policy, benchmark, tasks)
         self.critic = StateCritic(benchmark.state_dim, tasks, self.pg.critic_hidden)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.pg.value_lr)
         self.reward = SparseSuccessReward()

@@ -361,12 +361,10 @@ def save_checkpoint(run: Path, agent: Residual, online: ReplayBuffer, state: dic
 def train(cfg: FinetuneConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    from vla_rl.benchmark import get_benchmark
     from vla_rl.config import ConfigError, to_dict
-    from vla_rl.finetune import eval_point, final_results, load_state, run_directory
+    from vla_rl.finetune import eval_point, final_results, setup_run
     from vla_rl.metrics import MetricsLogger
     from vla_rl.plots import plot_learning_curve
-    from vla_rl.policy import load_policy
     from vla_rl.residual_policy import ResidualPolicy
 
     rcfg = cfg.residual
@@ -380,14 +378,9 @@ def train(cfg: FinetuneConfig) -> dict[str, Any]:
         raise ConfigError(f"--residual.action-scale must be >= 0, got {rcfg.action_scale}")
 
     # ---- build: benchmark, tasks, base, residual policy, learner ------------------------------
-    benchmark = get_benchmark(cfg.benchmark)
-    names = benchmark.resolve_task_names(list(cfg.tasks) or None)
-    train_tasks = benchmark.tasks("train", names)
-    base = load_policy(cfg.base, benchmark)
-    run = run_directory(cfg)
-    saved = load_state(run) if cfg.resume else None
-    if cfg.resume and saved is None:
-        raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
+    setup = setup_run(cfg)
+    benchmark, names, train_tasks = setup.benchmark, setup.names, setup.train_tasks
+    base, run, saved = setup.base, setup.run, setup.saved
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     demo_episodes = load_demos(cfg, benchmark, train_tasks)  # before any env of ours exists

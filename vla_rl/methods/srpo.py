@@ -44,8 +44,8 @@ class SRPOConfig(GRPOConfig):
 class SRPO(GRPO):
     name = "srpo"
 
-    def __init__(self, cfg, policy, benchmark):
-        super().__init__(cfg, policy, benchmark)
+    def __init__(self, cfg, policy, benchmark, tasks):
+        super().__init__(cfg, policy, benchmark, tasks)
         pg = self.pg
         self.encoder = build_encoder(pg.encoder, policy, pg.frames, pg.frame_size, pg.pooling,
                                      pg.encoder_path)  # fmt: skip
