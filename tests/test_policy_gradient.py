@@ -261,6 +261,10 @@ def test_finetune_rejects_bad_settings(tmp_path):
     cfg.ppo.reduction = "max"
     with pytest.raises(ConfigError, match="sum, mean, token"):
         finetune(cfg)
+    cfg = FinetuneConfig(method="srpo", output_dir=str(tmp_path / "r"), logger="none")
+    cfg.srpo.reward.normalization = "zscore"
+    with pytest.raises(ValueError, match="minmax, rank"):
+        finetune(cfg)
     cfg = FinetuneConfig(method="srpo", base="scripted", output_dir=str(tmp_path / "r"))
     with pytest.raises(ConfigError, match="per-part log-probs"):
         finetune(cfg)

@@ -34,6 +34,21 @@ class ProgressRewardConfig:
     """DBSCAN core-point size, the point itself included (released code)."""
 
 
+def check_progress_config(cfg: ProgressRewardConfig) -> None:
+    """Reject bad settings before a run starts (they are otherwise met at the first reward)."""
+    if cfg.normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {cfg.normalization!r}; valid choices: "
+            f"{', '.join(NORMALIZATIONS)}"
+        )
+    if not 0 < cfg.cap < 1:
+        raise ValueError(
+            f"the progress reward cap must be in (0, 1) (successes get 1), got {cfg.cap}"
+        )
+    if cfg.steepness <= 0 or cfg.dbscan_eps <= 0 or cfg.dbscan_min_samples < 1:
+        raise ValueError("steepness and dbscan_eps must be > 0, dbscan_min_samples >= 1")
+
+
 def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x - mean) / std per dim (std 0 -> 1, as sklearn's StandardScaler). x (N, D).
     Returns (standardised x, mean (D,), scale (D,))."""
@@ -95,7 +110,7 @@ def normalize_distances(d: np.ndarray, how: str) -> np.ndarray:
         for value in np.unique(d):  # ties share their mean rank
             ranks[d == value] = ranks[d == value].mean()
         return ranks / (len(d) - 1)
-    raise ValueError(f"unknown normalization {how!r}; valid choices: {NORMALIZATIONS}")
+    raise ValueError(f"unknown normalization {how!r}; valid choices: {', '.join(NORMALIZATIONS)}")
 
 
 def progress_rewards(

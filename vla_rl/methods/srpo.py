@@ -17,7 +17,7 @@ import torch
 
 from vla_rl.methods.grpo import GRPO, GRPOConfig
 from vla_rl.methods.policy_gradient import train_on_policy
-from vla_rl.progress_reward import ProgressRewardConfig, progress_rewards
+from vla_rl.progress_reward import ProgressRewardConfig, check_progress_config, progress_rewards
 from vla_rl.trajectory_encoders import build_encoder
 
 
@@ -47,6 +47,7 @@ class SRPO(GRPO):
     def __init__(self, cfg, policy, benchmark, tasks):
         super().__init__(cfg, policy, benchmark, tasks)
         pg = self.pg
+        check_progress_config(pg.reward)
         self.encoder = build_encoder(pg.encoder, policy, pg.frames, pg.frame_size, pg.pooling,
                                      pg.encoder_path)  # fmt: skip
         self.needs_frames = self.encoder.needs_frames
