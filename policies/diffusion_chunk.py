@@ -26,7 +26,11 @@ import torch
 from torch import nn
 
 from vla_rl.policies.flow_chunk import time_embedding
-from vla_rl.policies.gaussian_chain import chain_log_prob, chain_log_prob_terms, sample_chain
+from vla_rl.policies.gaussian_chain import (
+    chain_log_prob,
+    chain_log_prob_terms,
+    sample_chain_candidates,
+)
 from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
     Normalizer,
@@ -51,6 +55,7 @@ def make_schedulers(train_steps: int, inference_steps: int):
 
 class DiffusionChunkPolicy(BasePolicy):
     policy_type = "diffusion"
+    deterministic_candidates_differ = True  # DDIM (eta = 0) from K initial noises
 
     def __init__(
         self,
@@ -96,8 +101,13 @@ class DiffusionChunkPolicy(BasePolicy):
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:
         """Predicted noise (B, Ta * Da) at integer timesteps t (B,)."""
+        return self.eps_and_hidden(x, t, feature)[0]
+
+    def eps_and_hidden(self, x: torch.Tensor, t: torch.Tensor, feature: torch.Tensor):
+        """Predicted noise and the denoiser's last hidden layer (B, hidden): TACO's feature."""
         emb = time_embedding(t.float() / self.train_steps, self.time_dim)
-        return self.denoiser(torch.cat([x, feature, emb], -1))
+        hidden = self.denoiser[:-1](torch.cat([x, feature, emb], -1))
+        return self.denoiser[-1](hidden), hidden
 
     # ---- behaviour cloning --------------------------------------------------------------------
     def bc_loss(self, obs: Observation, actions: torch.Tensor) -> torch.Tensor:
@@ -114,41 +124,63 @@ class DiffusionChunkPolicy(BasePolicy):
         ts = [int(t) for t in self.ddim.timesteps]
         return list(zip(ts, ts[1:] + [-1]))
 
-    def transition(self, x: torch.Tensor, t: int, t_prev: int, feature: torch.Tensor, eta: float):
-        """Mean and std (B, Ta * Da) of x^{t_prev} given x^t (see the module docstring)."""
+    def transition(
+        self,
+        x: torch.Tensor,
+        t: int,
+        t_prev: int,
+        feature: torch.Tensor,
+        eta: float,
+        record: dict | None = None,
+    ):
+        """Mean and std (B, Ta * Da) of x^{t_prev} given x^t (see the module docstring);
+        `record` receives the denoiser's hidden feature under "feature"."""
         abar = self.ddim.alphas_cumprod
         a_t = abar[t]
         a_prev = abar[t_prev] if t_prev >= 0 else torch.tensor(1.0)
-        eps = self.eps(x, torch.full((len(x),), t), feature)
+        eps, hidden = self.eps_and_hidden(x, torch.full((len(x),), t), feature)
+        if record is not None:
+            record["feature"] = hidden
         x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)
         sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()
         mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
         return mean, sigma
 
-    def _chain_transition(self, feature: torch.Tensor):
+    def _chain_transition(self, feature: torch.Tensor, record: dict | None = None):
         """DDIM step k as a Gaussian transition (gaussian_chain): deterministic sampling
-        follows eta = 0; the std is floored at min_std either way."""
+        follows eta = 0; the std is floored at min_std either way. `record` ends up holding the
+        denoiser's hidden feature of the final step."""
         steps = self._steps()
 
         def transition(k: int, x: torch.Tensor, deterministic: bool):
             t, t_prev = steps[k]
-            mean, sigma = self.transition(x, t, t_prev, feature, 0.0 if deterministic else self.eta)
+            eta = 0.0 if deterministic else self.eta
+            mean, sigma = self.transition(x, t, t_prev, feature, eta, record)
             return mean, sigma.clamp_min(self.min_std).expand_as(mean) * self.temperature
 
         return transition
 
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
-        feature = self.encode(obs)
-        b = len(feature)
-        x = torch.randn(b, self.chunk_size * self.action_dim)
-        chain, log_prob = sample_chain(
-            self._chain_transition(feature), x, len(self._steps()), deterministic
-        )
-        unit = chain[:, -1].clamp(-1, 1).view(b, self.chunk_size, self.action_dim)
+        return self.sample_candidates(obs, 1, deterministic)
+
+    def sample_candidates(
+        self,
+        obs: Observation,
+        num_candidates: int,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """K chunks per observation from one encoding; extras["feature"] is the denoiser's last
+        hidden layer (B * K, hidden) at the final DDIM step."""
+        chain, log_prob, feature = sample_chain_candidates(
+            self._chain_transition, self.encode(obs), num_candidates,
+            self.chunk_size * self.action_dim, len(self._steps()), deterministic, generator,
+        )  # fmt: skip
+        unit = chain[:, -1].clamp(-1, 1).view(-1, self.chunk_size, self.action_dim)
         return ActionSample(
             actions=self.normalizer.action_from_unit(unit),
             log_prob=log_prob,
-            extras={"chain": chain},  # (B, K + 1, Ta * Da)
+            extras={"chain": chain, "feature": feature},  # (B, K + 1, Ta * Da), (B, hidden)
         )
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:

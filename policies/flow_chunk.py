@@ -25,7 +25,7 @@ from vla_rl.policies.gaussian_chain import (
     chain_log_prob,
     chain_log_prob_terms,
     gaussian_log_prob,  # noqa: F401  (re-exported: the flow tests check it by hand)
-    sample_chain,
+    sample_chain_candidates,
 )
 from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
@@ -46,6 +46,7 @@ def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 class FlowChunkPolicy(BasePolicy):
     policy_type = "flow"
+    deterministic_candidates_differ = True  # the flow ODE from K initial noises
 
     def __init__(
         self,
@@ -94,9 +95,12 @@ class FlowChunkPolicy(BasePolicy):
         return torch.cat([x, feature, time_embedding(t, self.time_dim)], -1)
 
     def _velocity_and_std(self, t, x, feature):
+        """Velocity, injected-noise std, and the velocity network's last hidden layer (the
+        feature TACO scores, pi0's action-expert output before its action projection)."""
         inputs = self._inputs(t, x, feature)
         std = self.min_std + (self.max_std - self.min_std) * torch.sigmoid(self.noise(inputs))
-        return self.velocity(inputs), std
+        hidden = self.velocity[:-1](inputs)
+        return self.velocity[-1](hidden), std, hidden
 
     def encode(self, obs: Observation) -> torch.Tensor:
         """Observation features (B, hidden): computed once per observation, shared by all steps."""
@@ -109,32 +113,45 @@ class FlowChunkPolicy(BasePolicy):
         x0 = torch.randn_like(x1)
         t = torch.rand(len(x1), device=x1.device)
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        v, _ = self._velocity_and_std(t, xt, self.encode(obs))
+        v, _, _ = self._velocity_and_std(t, xt, self.encode(obs))
         return ((v - (x1 - x0)) ** 2).mean()
 
     # ---- sampling and likelihood (the chain loops live in gaussian_chain) ----------------------
-    def _transition(self, feature: torch.Tensor):
-        """Euler step k with injected noise: mean x + v / K, std sigma(t_k, x, o)."""
+    def _transition(self, feature: torch.Tensor, record: dict | None = None):
+        """Euler step k with injected noise: mean x + v / K, std sigma(t_k, x, o). `record`
+        receives the velocity network's hidden feature of the final step under "feature"."""
         k_total = self.num_flow_steps
 
         def transition(k: int, x: torch.Tensor, deterministic: bool):
-            v, std = self._velocity_and_std(torch.full((len(x),), k / k_total), x, feature)
+            t = torch.full((len(x),), k / k_total)
+            v, std, hidden = self._velocity_and_std(t, x, feature)
+            if record is not None and k == k_total - 1:
+                record["feature"] = hidden
             return x + v / k_total, std * self.temperature
 
         return transition
 
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
-        feature = self.encode(obs)
-        b = len(feature)
-        x = torch.randn(b, self.chunk_size * self.action_dim)
-        chain, log_prob = sample_chain(
-            self._transition(feature), x, self.num_flow_steps, deterministic
-        )
-        unit = chain[:, -1].view(b, self.chunk_size, self.action_dim)
+        return self.sample_candidates(obs, 1, deterministic)
+
+    def sample_candidates(
+        self,
+        obs: Observation,
+        num_candidates: int,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """K chunks per observation from one encoding; extras["feature"] is the velocity
+        network's last hidden layer (B * K, hidden) at the final flow step."""
+        chain, log_prob, feature = sample_chain_candidates(
+            self._transition, self.encode(obs), num_candidates,
+            self.chunk_size * self.action_dim, self.num_flow_steps, deterministic, generator,
+        )  # fmt: skip
+        unit = chain[:, -1].view(-1, self.chunk_size, self.action_dim)
         return ActionSample(
             actions=self.normalizer.action_from_unit(unit),
             log_prob=log_prob,
-            extras={"chain": chain},  # (B, K + 1, Ta * Da)
+            extras={"chain": chain, "feature": feature},  # (B, K + 1, Ta * Da), (B, hidden)
         )
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:

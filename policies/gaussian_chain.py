@@ -31,15 +31,23 @@ def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_chain(
-    transition: Transition, x: torch.Tensor, num_steps: int, deterministic: bool
+    transition: Transition,
+    x: torch.Tensor,
+    num_steps: int,
+    deterministic: bool,
+    noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the chain from x = x^0; returns (chain (B, K + 1, D), log-likelihood (B,)).
-    deterministic: follow the means (no noise); that chain has no usable likelihood."""
+    deterministic: follow the means (no noise); that chain has no usable likelihood.
+    noise: the injected standard-normal noise (B, K, D) to use instead of fresh draws (a fixed
+    noise bank); None draws it from the global generator."""
     chain = [x]
     log_prob = standard_normal_log_prob(x)
     for k in range(num_steps):
         mean, std = transition(k, x, deterministic)
-        x = mean if deterministic else mean + std * torch.randn_like(mean)
+        if not deterministic:
+            eps = torch.randn_like(mean) if noise is None else noise[:, k]
+        x = mean if deterministic else mean + std * eps
         log_prob = log_prob + gaussian_log_prob(x, mean, std).sum(-1)
         chain.append(x)
     return torch.stack(chain, 1), log_prob
@@ -66,3 +74,47 @@ def chain_log_prob_terms(
         terms.append(gaussian_log_prob(chain[:, k + 1], mean, std))
         entropy = entropy + (0.5 * (LOG_2PI + 1) + torch.log(std)).sum(-1)
     return torch.cat(terms, -1), entropy  # type: ignore[return-value]
+
+
+def draw_candidate_noise(
+    shape: tuple[int, ...], batch: int, num_candidates: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Standard-normal noise (B * K, *shape) for K candidates of B observations, rows
+    observation-major (b0k0, b0k1, ...). With a `generator` it is a noise bank: K draws shared by
+    every observation (TACO's fixed bank: candidate k gets the same noise at every call when the
+    generator is re-seeded); without one, fresh independent draws from the global generator."""
+    if generator is None:
+        return torch.randn(batch * num_candidates, *shape)
+    bank = torch.randn(num_candidates, *shape, generator=generator)
+    return bank.repeat(batch, *([1] * len(shape)))
+
+
+def sample_chain_candidates(
+    transition_for: Callable[[torch.Tensor, dict], Transition],
+    feature: torch.Tensor,
+    num_candidates: int,
+    dim: int,
+    num_steps: int,
+    deterministic: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """K chains per observation from one observation encoding.
+
+    feature (B, F): each observation's encoding, computed once and repeated for its K candidates
+    (the prefix shared by all candidates). transition_for(feature (B * K, F), record) builds the
+    family's transition, which stores the denoiser's hidden feature of the final step in
+    record["feature"]. Returns chain (B * K, num_steps + 1, D), log-likelihood (B * K,) and the
+    final-step feature (B * K, Fh), rows observation-major. With K = 1 and no generator the
+    random draws are those of one plain `sample_chain` call, so `sample_actions` is this with K = 1.
+    """
+    b = len(feature)
+    feature = feature.repeat_interleave(num_candidates, 0)
+    x = draw_candidate_noise((dim,), b, num_candidates, generator)
+    noise = None
+    if generator is not None and not deterministic:
+        noise = draw_candidate_noise((num_steps, dim), b, num_candidates, generator)
+    record: dict = {}
+    chain, log_prob = sample_chain(
+        transition_for(feature, record), x, num_steps, deterministic, noise
+    )
+    return chain, log_prob, record["feature"]

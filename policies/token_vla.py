@@ -33,7 +33,7 @@ from torch import nn
 
 from vla_rl.policies.obs_encoder import InstructionTokenizer, Normalizer
 from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
+from vla_rl.types import ActionSample, Observation, obs_batch_size
 
 NUM_BINS = 256  # OpenVLA's bins per action dimension
 
@@ -176,40 +176,77 @@ class TokenVLAPolicy(BasePolicy):
         return F.cross_entropy(logits.reshape(-1, NUM_BINS), bins.reshape(-1))
 
     # ---- sampling and likelihood -------------------------------------------------------------
-    @staticmethod
-    def _pick(logits: torch.Tensor, deterministic: bool) -> torch.Tensor:
-        if deterministic:
-            return logits.argmax(-1)
-        return torch.distributions.Categorical(logits=logits).sample()
-
     def _action_log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the 256 bins at the sampling temperature."""
         return torch.log_softmax(logits / self.temperature, -1)
 
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
+        return self.sample_candidates(obs, 1, deterministic)
+
+    def sample_candidates(
+        self,
+        obs: Observation,
+        num_candidates: int,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """K chunks per observation (rows observation-major) with the prefix encoded once.
+
+        Autoregressive decoding runs the prefix through the language model once, repeats its
+        key/value cache K times, and decodes the K candidates' tokens together. extras["feature"]
+        is the last layer's hidden state at the last action token (B * K, hidden), OpenVLA's
+        TACO feature: one more cached decoding step feeds the last sampled token so the feature
+        has seen the whole chunk. Parallel decoding predicts every token from the prefix alone,
+        so its candidates differ only in the sampled bins and share one feature (TACO cannot
+        rank them; documented in docs/RESULTS.md).
+        With a `generator` the sampling noise is a Gumbel bank shared by all observations
+        (token = argmax(logits / T + g), the same distribution as plain sampling); without one
+        tokens are drawn as `sample_actions` always drew them, so K = 1 is `sample_actions`.
+        """
+        k, n = num_candidates, self.num_action_tokens
+        gumbel = None
+        if generator is not None and not deterministic:
+            u = torch.rand(k, n, NUM_BINS, generator=generator).clamp(1e-10, 1 - 1e-7)
+            gumbel = (-torch.log(-torch.log(u))).repeat(obs_batch_size(obs), 1, 1)
+
+        def pick(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+            if deterministic:
+                return logits.argmax(-1)
+            if noise is None:
+                return torch.distributions.Categorical(logits=logits / self.temperature).sample()
+            return (logits / self.temperature + noise).argmax(-1)
+
+        prefix = self.prefix(obs)
         if self.decoding == "parallel":
-            logits = self.action_logits(obs, None)
-            bins = self._pick(logits / self.temperature, deterministic)
+            queries = self.action_queries.expand(len(prefix), -1, -1)
+            hidden = self._hidden(torch.cat([prefix, queries], 1)).last_hidden_state
+            logits = self._action_logits(hidden[:, -n:]).repeat_interleave(k, 0)
+            bins = pick(logits, gumbel)
+            feature = hidden[:, -1].repeat_interleave(k, 0)
         else:  # one token at a time, reusing the keys/values of everything before it
-            out = self._hidden(self.prefix(obs), use_cache=True)
-            step_logits = self._action_logits(out.last_hidden_state[:, -1])
+            out = self._hidden(prefix, use_cache=True)
+            cache = out.past_key_values
+            if k > 1:
+                cache.batch_repeat_interleave(k)
+            step_logits = self._action_logits(out.last_hidden_state[:, -1]).repeat_interleave(k, 0)
             chosen, all_logits = [], []
-            for i in range(self.num_action_tokens):
-                token = self._pick(step_logits / self.temperature, deterministic)
+            for i in range(n):
+                token = pick(step_logits, None if gumbel is None else gumbel[:, i])
                 chosen.append(token)
                 all_logits.append(step_logits)
-                if i + 1 < self.num_action_tokens:
-                    embed = self.lm.get_input_embeddings()(token[:, None] + self.text_vocab)
-                    out = self._hidden(embed, past_key_values=out.past_key_values, use_cache=True)
+                embed = self.lm.get_input_embeddings()(token[:, None] + self.text_vocab)
+                out = self._hidden(embed, past_key_values=cache, use_cache=True)
+                if i + 1 < n:
                     step_logits = self._action_logits(out.last_hidden_state[:, -1])
             bins = torch.stack(chosen, 1)
             logits = torch.stack(all_logits, 1)
+            feature = out.last_hidden_state[:, -1]
         log_prob = self._action_log_softmax(logits).gather(-1, bins[..., None]).squeeze(-1).sum(-1)
         unit = self.action_tokenizer.decode(bins).view(-1, self.chunk_size, self.action_dim)
         return ActionSample(
             actions=self.normalizer.action_from_unit(unit),
             log_prob=log_prob,
-            extras={"action_tokens": bins},  # (B, Ta * Da) bin indices
+            extras={"action_tokens": bins, "feature": feature},  # (B, Ta * Da), (B, hidden)
         )
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:

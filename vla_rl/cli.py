@@ -25,6 +25,7 @@ def cmd_eval(args: list[str]) -> int:
     from vla_rl.benchmark import get_benchmark
     from vla_rl.evaluation import EvalConfig, evaluate
     from vla_rl.policy import load_policy
+    from vla_rl.rerank import rerank_policy
 
     cfg = parse_cli(EvalConfig, args, prog="vla-rl eval", description=EvalConfig.__doc__ or "")
     if cfg.episodes is not None and cfg.episodes < 1:
@@ -35,6 +36,7 @@ def cmd_eval(args: list[str]) -> int:
     # Validate every name before any env starts or any file is written.
     benchmark.resolve_task_names(list(cfg.tasks) or None)
     policy = load_policy(cfg.policy, benchmark)
+    policy = rerank_policy(policy, cfg.policy, cfg.rerank, cfg.candidates, cfg.noise, cfg.verifier)
     out = Path(cfg.output_dir or f"runs/eval/{cfg.benchmark}/{datetime.now():%Y%m%d-%H%M%S}")
     results = evaluate(
         policy,
@@ -50,7 +52,8 @@ def cmd_eval(args: list[str]) -> int:
         config=to_dict(cfg),
     )
     print()
-    print(f"policy {cfg.policy} on {cfg.benchmark} (eval split)")
+    rerank = "" if cfg.rerank == "none" else f", rerank {cfg.rerank} of K = {cfg.candidates}"
+    print(f"policy {cfg.policy} on {cfg.benchmark} (eval split{rerank})")
     print(format_table(results))
     t = results["timing"]
     print(f"\n{results['num_episodes']} episodes in {t['wall_s']:.1f} s "
@@ -143,6 +146,25 @@ def cmd_finetune(args: list[str]) -> int:
     return 0
 
 
+def cmd_fit_verifier(args: list[str]) -> int:
+    from vla_rl.fit_verifier import FitVerifierConfig, fit_verifier
+
+    cfg = parse_cli(
+        FitVerifierConfig, args, prog="vla-rl fit-verifier", description=FitVerifierConfig.__doc__
+    )
+    res = fit_verifier(cfg)
+    check = res["selection_on_train_frames"]
+    print(
+        f"\nverifier for {cfg.policy}: {res['samples']} frames, {res['feature_dim']}-D features, "
+        f"loss {res['losses'][0]:.3f} -> {res['losses'][-1]:.3f}; on the training frames its "
+        f"pick among K = {cfg.candidates} is the one closest to the demonstration "
+        f"{check['pick_is_closest']:.2f} of the time (chance {check['chance']:.2f})\n"
+        f"saved to {res['output_dir']} (vla-rl eval --policy {cfg.policy} --rerank taco "
+        f"--verifier {res['output_dir']})"
+    )
+    return 0
+
+
 def cmd_doctor(args: list[str]) -> int:
     from vla_rl.doctor import DoctorConfig, run_doctor
 
@@ -186,6 +208,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
     "collect": (cmd_collect, "roll out a policy on the train split; save a LeRobot v3 dataset"),
     "pretrain": (cmd_pretrain, "behaviour-clone a policy family on a demonstration dataset"),
+    "fit-verifier": (
+        cmd_fit_verifier,
+        "fit TACO's pseudo-count verifier (eval --rerank taco) on a policy's training data",
+    ),
     "benchmarks": (cmd_benchmarks, "list benchmarks, task sets, tasks and policies"),
     "doctor": (cmd_doctor, "check the installation and say how to fix what is missing"),
     "bench": (cmd_bench, "measure rollout throughput (engine vs raw simulator vs sequential)"),
@@ -198,7 +224,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 def usage() -> str:
     lines = ["usage: vla-rl <command> [options]   (vla-rl <command> --help for its options)", ""]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 

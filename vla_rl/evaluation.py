@@ -47,6 +47,18 @@ class EvalConfig:
     SimpleVLA-RL and RLinf evaluate their RL checkpoints."""
     videos: int = 0
     """Episodes per task saved as MP4 (the first ones of each task)."""
+    rerank: str = "none"
+    """Test-time reranking (vla_rl/rerank.py): none; taco (execute the candidate the TACO
+    verifier gives the highest pseudo-count); random (a random one of the K candidates: the
+    control that spends the same compute without a verifier)."""
+    candidates: int = 16
+    """K candidate chunks per decision step when reranking (TACO: 16 for OpenVLA, 50 for pi0.5)."""
+    noise: str = "fresh"
+    """Reranking candidates' sampling noise: fresh every step, or a fixed bank (seed 42, TACO's
+    choice) so candidate k gets the same noise at every step."""
+    verifier: str | None = None
+    """The TACO verifier directory (from `vla-rl fit-verifier`). None: <checkpoint>/taco_verifier,
+    or runs/verifiers/<name> for a registered policy name."""
     progress: bool = True
     """Show a progress bar (episodes/s, ETA, running success)."""
     env: EnvConfig = field(default_factory=EnvConfig)

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vla_rl.atomic_io import atomic_directory
-from vla_rl.types import ActionSample, Observation
+from vla_rl.types import ActionSample, Observation, index_obs, obs_batch_size
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -38,6 +38,33 @@ class BasePolicy(nn.Module, ABC):
     @abstractmethod
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         """Sample one action chunk per observation: actions (B, Ta, Da) in env units."""
+
+    def sample_candidates(
+        self,
+        obs: Observation,
+        num_candidates: int,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> ActionSample:
+        """K candidate chunks per observation, as one sample of B * K rows, observation-major
+        (row b * K + k is candidate k of observation b). Families override this to encode each
+        observation once and share that prefix among its K candidates, and put the internal
+        feature a test-time verifier scores in extras["feature"] (B * K, F).
+        generator: draw the sampling noise from it as a bank shared by all observations (a
+        fixed noise bank when re-seeded per call); None: fresh noise.
+        The default is naive batching: every observation repeated K times through
+        `sample_actions`, its encoding recomputed K times."""
+        if generator is not None:
+            raise ValueError(
+                f"policy {self.policy_type!r} cannot sample from a fixed noise bank; "
+                "use fresh noise"
+            )
+        return naive_candidates(self, obs, num_candidates, deterministic)
+
+    deterministic_candidates_differ: ClassVar[bool] = False
+    """Whether K candidates drawn with deterministic=True still differ: True for chain
+    families (the noise-free ODE / DDIM from K different initial noises), False where
+    deterministic sampling is an argmax (token families), so a reranker samples those."""
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Log-likelihood (B,) of `sample` under the current weights, differentiable."""
@@ -115,6 +142,16 @@ class BasePolicy(nn.Module, ABC):
         if weights.exists():
             policy.load_state_dict(load_file(str(weights)))
         return policy
+
+
+def naive_candidates(
+    policy: BasePolicy, obs: Observation, num_candidates: int, deterministic: bool = False
+) -> ActionSample:
+    """K candidates per observation by naive batching: each observation repeated K times
+    (observation-major) and sampled as B * K independent rows, so the policy encodes every
+    observation K times. The baseline prefix sharing is measured against."""
+    rows = torch.arange(obs_batch_size(obs)).repeat_interleave(num_candidates)
+    return policy.sample_actions(index_obs(obs, rows.numpy()), deterministic)
 
 
 def load_policy(name_or_dir: str, benchmark: Any | None = None) -> BasePolicy:
