@@ -48,3 +48,16 @@ def test_policy_bench_runs_the_same_episodes_both_ways(tmp_path):
     assert t["engine"]["env_steps"] == t["sequential"]["env_steps"] == 2 * 30
     assert set(res["latency_s_per_chunk"]) == {"1", "4"}
     assert json.loads((tmp_path / "bench.json").read_text())["provenance"]["git_commit"]
+
+
+def test_policy_bench_times_reranking_against_one_sample_and_naive_batching():
+    from vla_rl.policy_bench import PolicyBenchConfig, run_policy_bench
+
+    cfg = PolicyBenchConfig(
+        policy="metaworld-flow", tasks=("reach-v3",), episodes=0, batch_sizes=(1,),
+        latency_calls=1, rerank="random", candidates=4,
+    )  # fmt: skip
+    res = run_policy_bench(cfg)
+    for key in ("latency_s_per_chunk", "single_latency_s_per_chunk",
+                "naive_rerank_latency_s_per_chunk"):  # fmt: skip
+        assert res[key]["1"] > 0

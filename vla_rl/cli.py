@@ -187,8 +187,11 @@ def cmd_bench_policy(args: list[str]) -> int:
     )
     res = run_policy_bench(cfg)
     print(f"policy {cfg.policy} (Ta = {res['chunk_size']})")
-    for b, s in res["latency_s_per_chunk"].items():
-        print(f"  latency per chunk, batch {b:>3}: {s * 1000:8.2f} ms")
+    rerank = f"rerank {cfg.rerank}, K = {cfg.candidates}"
+    for key, what in (("single_", "one sample"), ("", rerank if cfg.rerank != "none" else ""),
+                      ("naive_rerank_", f"{rerank}, naive batching")):  # fmt: skip
+        for b, s in res.get(f"{key}latency_s_per_chunk", {}).items():
+            print(f"  latency per chunk, batch {b:>3}: {s * 1000:8.2f} ms  {what}")
     t = res["throughput"]
     if not t:
         return 0

@@ -25,6 +25,7 @@ from vla_rl.benchmark import EnvConfig, first_episodes, get_benchmark
 from vla_rl.config import ConfigError, to_dict
 from vla_rl.evaluation import default_task_selection
 from vla_rl.provenance import provenance
+from vla_rl.rerank import RerankPolicy, rerank_policy
 from vla_rl.types import index_obs
 
 
@@ -47,6 +48,14 @@ class PolicyBenchConfig:
     """Timed `sample_actions` calls per batch size (after 2 warm-up calls); the median is kept."""
     deterministic: bool = True
     """Sample as the eval protocol does (deterministic by default)."""
+    rerank: str = "none"
+    """Measure the policy under test-time reranking (as `vla-rl eval --rerank`): none, taco or
+    random. With taco or random the latency is also measured for the base alone (one sample)
+    and for the same reranking with naive batching (every observation re-encoded K times)."""
+    candidates: int = 16
+    """K candidates per decision step when reranking."""
+    verifier: str | None = None
+    """The TACO verifier directory (as `vla-rl eval --verifier`)."""
     threads: int = 1
     """torch intra-op threads for the latency measurement (rollouts always infer with 1, see
     RolloutEngine)."""
@@ -77,8 +86,14 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
         raise ConfigError("--latency-calls and --threads must be >= 1, --episodes >= 0")
     benchmark = get_benchmark(cfg.benchmark)
     names = benchmark.resolve_task_names(list(cfg.tasks) or default_task_selection(benchmark))
-    policy = load_policy(cfg.policy, benchmark)
-    policy.eval()
+    base = load_policy(cfg.policy, benchmark)
+    base.eval()
+    policy = rerank_policy(base, cfg.policy, cfg.rerank, cfg.candidates, "fresh", cfg.verifier)
+    compared = {"": policy}
+    if policy is not base:  # the reranked policy against one sample and against naive batching
+        naive = RerankPolicy(base, policy.scorer, cfg.candidates, policy.selection,
+                             share_prefix=False)  # fmt: skip
+        compared = {"": policy, "single_": base, "naive_rerank_": naive}
     tasks = benchmark.tasks("eval", names)
     episodes = first_episodes(tasks, cfg.episodes)
 
@@ -119,16 +134,18 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        latency = {str(b): round(chunk_latency(policy, obs, b, cfg.latency_calls,
-                                               cfg.deterministic), 5)
-                   for b in cfg.batch_sizes}  # fmt: skip
+        latency = {f"{prefix}latency_s_per_chunk": {
+                       str(b): round(chunk_latency(p, obs, b, cfg.latency_calls,
+                                                   cfg.deterministic), 5)
+                       for b in cfg.batch_sizes}
+                   for prefix, p in compared.items()}  # fmt: skip
     finally:
         torch.set_num_threads(threads)
 
     result = {
         "policy": cfg.policy,
         "chunk_size": policy.chunk_size,
-        "latency_s_per_chunk": latency,
+        **latency,
         "throughput": throughput,
         "episodes": len(episodes),
         "config": to_dict(cfg),

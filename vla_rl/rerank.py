@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from vla_rl.policy import BasePolicy
+from vla_rl.policy import BasePolicy, naive_candidates
 from vla_rl.registry import check_choice
 from vla_rl.types import ActionSample, Observation, obs_batch_size
 
@@ -40,12 +40,16 @@ def draw_candidates(
     deterministic: bool,
     fixed_noise: bool,
     noise_seed: int = 42,
+    share_prefix: bool = True,
 ) -> ActionSample:
     """The base's K candidates per observation (B * K rows), from the fixed noise bank seeded by
-    `noise_seed` or from fresh noise. Where the base's deterministic sampling is an argmax (token
-    families) K > 1 candidates are sampled instead, or they would all be the same chunk."""
+    `noise_seed` or from fresh noise; by naive batching when not `share_prefix`. Where the base's
+    deterministic sampling is an argmax (token families) K > 1 candidates are sampled instead,
+    or they would all be the same chunk."""
     if num_candidates > 1 and not base.deterministic_candidates_differ:
         deterministic = False
+    if not share_prefix:
+        return naive_candidates(base, obs, num_candidates, deterministic)
     generator = torch.Generator().manual_seed(noise_seed) if fixed_noise else None
     return base.sample_candidates(obs, num_candidates, deterministic, generator)
 
@@ -75,9 +79,14 @@ class RerankPolicy(BasePolicy):
         selection: str = "pseudo-count",
         noise: str = "fresh",
         noise_seed: int = 42,
+        share_prefix: bool = True,
     ):
-        """noise_seed: the fixed bank's seed (TACO: 42)."""
+        """noise_seed: the fixed bank's seed (TACO: 42). share_prefix=False draws the candidates
+        by naive batching (every observation re-encoded K times): the same choice at a higher
+        cost, kept to measure what sharing saves (`vla-rl bench-policy --rerank`)."""
         super().__init__()
+        if not share_prefix and noise == "fixed":
+            raise ValueError("naive batching draws fresh noise only; use --noise fresh")
         check_choice("selection", selection, SELECTIONS)
         check_choice("noise", noise, NOISES)
         if num_candidates < 1:
@@ -86,15 +95,14 @@ class RerankPolicy(BasePolicy):
             raise ValueError("pseudo-count selection needs a scorer (a fitted TACO verifier)")
         self.base, self.scorer = base, scorer
         self.num_candidates, self.selection = num_candidates, selection
-        self.noise, self.noise_seed = noise, noise_seed
+        self.noise, self.noise_seed, self.share_prefix = noise, noise_seed, share_prefix
         self.chunk_size = base.chunk_size
 
     @torch.no_grad()
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         b, k = obs_batch_size(obs), self.num_candidates
-        candidates = draw_candidates(
-            self.base, obs, k, deterministic, self.noise == "fixed", self.noise_seed
-        )
+        candidates = draw_candidates(self.base, obs, k, deterministic, self.noise == "fixed",
+                                     self.noise_seed, self.share_prefix)  # fmt: skip
         if self.selection == "random":
             best = torch.randint(k, (b,))
             scores = torch.full((b * k,), float("nan"))
