@@ -234,3 +234,11 @@ def test_rerank_bad_input_names_the_choices(tmp_path, capsys):
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_success_bars_plot(tmp_path):
+    from vla_rl.plots import plot_success_bars
+
+    run = {"success_rate": 0.4, "success_ci95": [0.3, 0.5]}
+    plot_success_bars({"flow": {"none": run, "taco K=4": run}}, tmp_path / "bars.png", "t")
+    assert (tmp_path / "bars.png").stat().st_size > 1000

@@ -49,3 +49,31 @@ def plot_comparison(
             fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
+
+
+def plot_success_bars(groups: dict[str, dict[str, dict]], path: str | Path, title: str) -> None:
+    """Success rates with 95% intervals as grouped bars: groups maps a panel title (a policy)
+    to label -> results (`evaluate`'s dict: "success_rate", "success_ci95")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], groups.items()):
+        rates = [r["success_rate"] for r in runs.values()]
+        lows = [r["success_rate"] - r["success_ci95"][0] for r in runs.values()]
+        highs = [r["success_ci95"][1] - r["success_rate"] for r in runs.values()]
+        ax.bar(range(len(runs)), rates, yerr=[lows, highs], capsize=4, color="tab:blue", alpha=0.7)
+        ax.set_xticks(range(len(runs)), list(runs), rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("success rate (eval split, 95% CI)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)

@@ -85,10 +85,10 @@ class RerankPolicy(BasePolicy):
         by naive batching (every observation re-encoded K times): the same choice at a higher
         cost, kept to measure what sharing saves (`vla-rl bench-policy --rerank`)."""
         super().__init__()
-        if not share_prefix and noise == "fixed":
-            raise ValueError("naive batching draws fresh noise only; use --noise fresh")
         check_choice("selection", selection, SELECTIONS)
         check_choice("noise", noise, NOISES)
+        if not share_prefix and noise == "fixed":
+            raise ValueError("naive batching draws fresh noise only; use --noise fresh")
         if num_candidates < 1:
             raise ValueError(f"the number of candidates must be >= 1, got {num_candidates}")
         if selection == "pseudo-count" and scorer is None:
