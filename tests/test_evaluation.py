@@ -75,7 +75,7 @@ def test_eval_cli_on_metaworld(tmp_path, capsys):
         (["finetune", "--residual.demo-fraction", "1.5"], "demo-fraction must be in [0, 1)"),
         (["finetune", "--residual.demos", "missing/dir"], "valid choices: scripted, none"),
         (["finetune", "--resume"], "no checkpoint in"),
-        (["nope"], "valid choices: finetune, eval, collect, pretrain, benchmarks, doctor, bench"),
+        (["nope"], "valid choices: finetune, eval, collect, pretrain, fit-verifier, benchmarks"),
     ],
 )
 def test_bad_input_gives_clear_error_and_writes_nothing(tmp_path, capsys, args, message):
