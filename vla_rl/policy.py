@@ -35,6 +35,11 @@ class BasePolicy(nn.Module, ABC):
     under the same temperature, so ratios compare the distribution that was sampled (VLA-RL
     computes log-probs at its rollout temperature). Deterministic sampling ignores it."""
 
+    deterministic_candidates_differ: ClassVar[bool] = False
+    """Whether K candidates drawn with deterministic=True still differ: True for chain
+    families (the noise-free ODE / DDIM from K different initial noises), False where
+    deterministic sampling is an argmax (token families), so a reranker samples those."""
+
     @abstractmethod
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         """Sample one action chunk per observation: actions (B, Ta, Da) in env units."""
@@ -60,11 +65,6 @@ class BasePolicy(nn.Module, ABC):
                 "use fresh noise"
             )
         return naive_candidates(self, obs, num_candidates, deterministic)
-
-    deterministic_candidates_differ: ClassVar[bool] = False
-    """Whether K candidates drawn with deterministic=True still differ: True for chain
-    families (the noise-free ODE / DDIM from K different initial noises), False where
-    deterministic sampling is an argmax (token families), so a reranker samples those."""
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
         """Log-likelihood (B,) of `sample` under the current weights, differentiable."""
