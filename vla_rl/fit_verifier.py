@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_rl.atomic_io import atomic_file, atomic_write_json
+from vla_rl.atomic_io import atomic_write_json
 from vla_rl.cfn import CFNConfig, train_cfn, training_epochs
 from vla_rl.config import ConfigError, to_dict
+from vla_rl.plots import plot_loss_curve
 from vla_rl.pretrain import ChunkData, load_episodes
 from vla_rl.provenance import provenance
 from vla_rl.rerank import default_verifier_dir, draw_candidates, select_best
@@ -104,27 +105,6 @@ def selection_check(cfn, found: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
-def plot_losses(losses: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("CFN loss (sum of squares over coin flips)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.set_title("TACO verifier fit")
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
-
-
 def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
     from vla_rl.policy import load_policy
 
@@ -179,6 +159,7 @@ def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
     }
     cfn.save(out, {"policy": cfg.policy, "samples": len(data.state)})
     atomic_write_json(out / "fit.json", summary)
-    plot_losses(losses, out / "cfn_loss.png")
+    plot_loss_curve(losses, out / "cfn_loss.png", "TACO verifier fit",
+                    "CFN loss (sum of squares over coin flips)")  # fmt: skip
     summary["output_dir"] = str(out)
     return summary

@@ -7,6 +7,18 @@ from pathlib import Path
 from vla_rl.atomic_io import atomic_file
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """Write `fig` as a PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+
+
 def plot_learning_curve(
     points: list[dict], path: str | Path, title: str, x_keys: tuple[str, ...] = ("step", "wall_s")
 ) -> None:
@@ -43,12 +55,7 @@ def plot_comparison(
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="lower right")
     fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_success_bars(groups: dict[str, dict[str, dict]], path: str | Path, title: str) -> None:
@@ -71,9 +78,21 @@ def plot_success_bars(groups: dict[str, dict[str, dict]], path: str | Path, titl
         ax.set_title(name)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        with atomic_file(path) as tmp:
-            fig.savefig(tmp, dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
+
+
+def plot_loss_curve(losses: list[float], path: str | Path, title: str, ylabel: str) -> None:
+    """A training loss per epoch, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    save_figure(fig, path)
