@@ -155,15 +155,19 @@ class TokenVLAPolicy(BasePolicy):
     def _hidden(self, embeds: torch.Tensor, **kwargs):
         return self.lm.model(inputs_embeds=embeds, **kwargs)
 
+    def _query_hidden(self, prefix: torch.Tensor) -> torch.Tensor:
+        """Parallel decoding: the last layer's hidden states (B, Ta * Da, hidden) at the action
+        queries placed after the prefix."""
+        queries = self.action_queries.expand(len(prefix), -1, -1)
+        hidden = self._hidden(torch.cat([prefix, queries], 1)).last_hidden_state
+        return hidden[:, -self.num_action_tokens :]
+
     def action_logits(self, obs: Observation, bins: torch.Tensor | None) -> torch.Tensor:
         """Teacher-forced logits (B, Ta * Da, NUM_BINS) of every action token; `bins` (B, Ta * Da)
         are the previous tokens for autoregressive decoding (ignored by parallel decoding)."""
         prefix = self.prefix(obs)
-        n = self.num_action_tokens
         if self.decoding == "parallel":
-            queries = self.action_queries.expand(len(prefix), -1, -1)
-            hidden = self._hidden(torch.cat([prefix, queries], 1)).last_hidden_state
-            return self._action_logits(hidden[:, -n:])
+            return self._action_logits(self._query_hidden(prefix))
         tokens = self.lm.get_input_embeddings()(bins[:, :-1] + self.text_vocab)
         hidden = self._hidden(torch.cat([prefix, tokens], 1)).last_hidden_state
         return self._action_logits(hidden[:, self.prefix_len - 1 :])  # position p predicts p + 1
@@ -198,7 +202,7 @@ class TokenVLAPolicy(BasePolicy):
         TACO feature: one more cached decoding step feeds the last sampled token so the feature
         has seen the whole chunk. Parallel decoding predicts every token from the prefix alone,
         so its candidates differ only in the sampled bins and share one feature (TACO cannot
-        rank them; documented in docs/RESULTS.md).
+        rank them; README.md says so).
         With a `generator` the sampling noise is a Gumbel bank shared by all observations
         (token = argmax(logits / T + g), the same distribution as plain sampling); without one
         tokens are drawn as `sample_actions` always drew them, so K = 1 is `sample_actions`.
@@ -218,9 +222,8 @@ class TokenVLAPolicy(BasePolicy):
 
         prefix = self.prefix(obs)
         if self.decoding == "parallel":
-            queries = self.action_queries.expand(len(prefix), -1, -1)
-            hidden = self._hidden(torch.cat([prefix, queries], 1)).last_hidden_state
-            logits = self._action_logits(hidden[:, -n:]).repeat_interleave(k, 0)
+            hidden = self._query_hidden(prefix)
+            logits = self._action_logits(hidden).repeat_interleave(k, 0)
             bins = pick(logits, gumbel)
             feature = hidden[:, -1].repeat_interleave(k, 0)
         else:  # one token at a time, reusing the keys/values of everything before it
