@@ -233,7 +233,11 @@ def test_rerank_bad_input_names_the_choices(tmp_path, capsys):
     args = ["fit-verifier", "--policy", "metaworld-flow", "--dataset", str(tmp_path / "no")]
     assert main(args) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    args = ["fit-verifier", "--policy", "metaworld-flow", "--dataset", str(tmp_path),
+            "--cfn.batch-size", "0", "--output-dir", str(tmp_path / "c")]  # fmt: skip
+    assert main(args) == 2
+    assert "--cfn.batch-size must be >= 1, got 0" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in ("a", "b", "c"))
 
 
 def test_success_bars_plot(tmp_path):

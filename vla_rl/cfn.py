@@ -70,6 +70,21 @@ class CFNConfig:
     """Seeds the networks' initialisation, the coin flips and the minibatch order."""
 
 
+def check_cfn_config(cfg: CFNConfig) -> None:
+    """Raise ValueError naming the field when a setting cannot train a CFN."""
+    positive = ("coin_dim", "width", "expansion", "epochs", "batch_size", "grad_accum")
+    bad = [f"--cfn.{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}"
+           for name in positive if getattr(cfg, name) < 1]  # fmt: skip
+    if cfg.blocks < 0 or cfg.min_updates < 0:
+        bad.append("--cfn.blocks and --cfn.min-updates must be >= 0")
+    if cfg.lr <= 0 or cfg.feature_scale <= 0:
+        bad.append("--cfn.lr and --cfn.feature-scale must be > 0")
+    if not 0 <= cfg.dropout < 1:
+        bad.append(f"--cfn.dropout must be in [0, 1), got {cfg.dropout}")
+    if bad:
+        raise ValueError("; ".join(bad))
+
+
 def coin_flips(num_samples: int, dim: int, seed: int) -> torch.Tensor:
     """Fixed Rademacher targets (N, d) in {-1, +1}: row i belongs to sample i for the whole
     training run."""

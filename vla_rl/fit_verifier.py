@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vla_rl.atomic_io import atomic_write_json
-from vla_rl.cfn import CFNConfig, train_cfn, training_epochs
+from vla_rl.cfn import CFNConfig, check_cfn_config, train_cfn, training_epochs
 from vla_rl.config import ConfigError, to_dict
 from vla_rl.plots import plot_loss_curve
 from vla_rl.pretrain import ChunkData, load_episodes
@@ -110,6 +110,7 @@ def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
 
     if cfg.candidates < 1:
         raise ConfigError(f"--candidates must be >= 1, got {cfg.candidates}")
+    check_cfn_config(cfg.cfn)
     if not cfg.dataset:
         raise ConfigError("--dataset is required: the policy's training demonstrations")
     if not Path(cfg.dataset).exists():
