@@ -118,3 +118,18 @@ def sample_chain_candidates(
         transition_for(feature, record), x, num_steps, deterministic, noise
     )
     return chain, log_prob, record["feature"]
+
+
+def flow_transition(
+    velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], num_steps: int, std: float
+) -> Transition:
+    """pi0-convention flow matching as a noise-injected chain: x at t = 1 is noise, Euler steps
+    of dt = -1/K towards t = 0, x_{k+1} = x_k - v(t_k, x_k) / K + std * eps with t_k = 1 - k / K.
+    velocity(t (B,), x (B, D)) -> v (B, D)."""
+
+    def transition(k: int, x: torch.Tensor, deterministic: bool):
+        t = torch.full((len(x),), 1.0 - k / num_steps, device=x.device)
+        mean = x - velocity(t, x).float() / num_steps
+        return mean, torch.full_like(mean, std)
+
+    return transition

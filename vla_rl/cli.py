@@ -35,7 +35,7 @@ def cmd_eval(args: list[str]) -> int:
     benchmark = get_benchmark(cfg.benchmark)
     # Validate every name before any env starts or any file is written.
     benchmark.resolve_task_names(list(cfg.tasks) or None)
-    policy = load_policy(cfg.policy, benchmark)
+    policy = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)
     policy = rerank_policy(policy, cfg.policy, cfg.rerank, cfg.candidates, cfg.noise, cfg.verifier)
     out = Path(cfg.output_dir or f"runs/eval/{cfg.benchmark}/{datetime.now():%Y%m%d-%H%M%S}")
     results = evaluate(
@@ -206,6 +206,17 @@ def cmd_bench_policy(args: list[str]) -> int:
     return 0
 
 
+def cmd_tiny_checkpoint(args: list[str]) -> int:
+    from vla_rl.tiny_checkpoints import TinyCheckpointConfig, write_tiny_checkpoint
+
+    cfg = parse_cli(TinyCheckpointConfig, args, prog="vla-rl tiny-checkpoint",
+                    description=TinyCheckpointConfig.__doc__ or "")  # fmt: skip
+    out = write_tiny_checkpoint(cfg)
+    print(f"wrote a tiny {cfg.family} checkpoint to {out}; load it with "
+          f"--base {cfg.family} --base-path {out}")  # fmt: skip
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "finetune": (cmd_finetune, "post-train a base policy with RL (--method residual)"),
     "eval": (cmd_eval, "evaluate a policy on a benchmark's eval split"),
@@ -221,6 +232,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "bench-policy": (
         cmd_bench_policy,
         "a policy's chunk latency and engine-vs-sequential eval speed",
+    ),
+    "tiny-checkpoint": (
+        cmd_tiny_checkpoint,
+        "write a tiny random-weight openvla/openvla-oft/pi0/smolvla checkpoint in its real format",
     ),
 }
 
@@ -243,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return USAGE_EXIT
     try:
         return COMMANDS[command][0](rest)
-    except (UnknownNameError, ConfigError, FileNotFoundError, ValueError) as err:
+    except (UnknownNameError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         if os.environ.get("VLA_RL_DEBUG"):  # the full traceback, for bug reports
             raise
         print(f"vla-rl {command}: error: {err}", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Any
 
 from vla_rl.atomic_io import atomic_write_json
 from vla_rl.benchmark import Benchmark, EnvConfig, first_episodes
+from vla_rl.policies.vla_checkpoint import BaseLoadConfig
 from vla_rl.policy import BasePolicy
 from vla_rl.progress import episode_progress
 from vla_rl.provenance import provenance
@@ -29,6 +30,11 @@ class EvalConfig:
 
     policy: str = "scripted"
     """A registered policy name (see `vla-rl benchmarks`) or a checkpoint directory."""
+    base_path: str | None = None
+    """With a real VLA family as --policy (openvla, openvla-oft, pi0, smolvla): the published
+    checkpoint directory in that family's format (README "Real VLA bases")."""
+    base_load: BaseLoadConfig = field(default_factory=BaseLoadConfig)
+    """How a real VLA checkpoint is loaded (unnorm key, dtype, cameras, ...)."""
     benchmark: str = "metaworld"
     """A registered benchmark: metaworld, libero_spatial, libero_object, libero_goal, libero_10,
     libero_90."""

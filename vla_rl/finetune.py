@@ -25,6 +25,7 @@ from vla_rl.methods.grpo import GRPOConfig
 from vla_rl.methods.ppo import PPOConfig
 from vla_rl.methods.residual import ResidualConfig
 from vla_rl.methods.srpo import SRPOConfig
+from vla_rl.policies.vla_checkpoint import BaseLoadConfig
 from vla_rl.policy import BasePolicy
 from vla_rl.provenance import provenance
 
@@ -34,7 +35,13 @@ class FinetuneConfig:
     """`vla-rl finetune`: improve a base policy with RL on a benchmark's train split."""
 
     base: str = "metaworld-flow"
-    """Base policy: a registered name (e.g. the bundled metaworld-flow) or a checkpoint dir."""
+    """Base policy: a registered name (e.g. the bundled metaworld-flow), a checkpoint dir, or a
+    real VLA family (openvla, openvla-oft, pi0, smolvla) with --base-path."""
+    base_path: str | None = None
+    """The published checkpoint directory of a real VLA family given as --base (its own on-disk
+    format; README "Real VLA bases")."""
+    base_load: BaseLoadConfig = field(default_factory=BaseLoadConfig)
+    """How a real VLA checkpoint is loaded (unnorm key, dtype, cameras, ...)."""
     method: str = "residual"
     """RL method: residual (ResFiT, a frozen base plus a learned residual), ppo (VLA-RL's
     trajectory-level PPO), grpo (group-relative, SimpleVLA-RL) or srpo (GRPO with SRPO's
@@ -186,7 +193,7 @@ def setup_run(cfg: FinetuneConfig) -> RunSetup:
 
     benchmark = get_benchmark(cfg.benchmark)
     names = benchmark.resolve_task_names(list(cfg.tasks) or None)
-    base = load_policy(cfg.base, benchmark)
+    base = load_policy(cfg.base, benchmark, cfg.base_path, cfg.base_load)
     run = run_directory(cfg)
     saved = load_state(run) if cfg.resume else None
     if cfg.resume and saved is None:

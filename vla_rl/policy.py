@@ -154,11 +154,37 @@ def naive_candidates(
     return policy.sample_actions(index_obs(obs, rows.numpy()), deterministic)
 
 
-def load_policy(name_or_dir: str, benchmark: Any | None = None) -> BasePolicy:
-    """A policy from a registry name (built for `benchmark`) or a checkpoint directory."""
-    from vla_rl.registry import POLICIES, UnknownNameError
+VLA_RL_FILE = "vla_rl.json"  # beside a real-format checkpoint we saved: policy type and options
 
+
+def load_policy(
+    name_or_dir: str,
+    benchmark: Any | None = None,
+    base_path: str | None = None,
+    options: Any = None,
+) -> BasePolicy:
+    """A policy from a registry name (built for `benchmark`), a checkpoint directory, or a real
+    VLA family name with `base_path`, the directory of a published checkpoint in that family's
+    own format (`options`: a BaseLoadConfig, of which the family takes its own fields)."""
+    from vla_rl.registry import POLICIES, REAL_VLAS, UnknownNameError
+
+    if base_path is not None or name_or_dir in REAL_VLAS:
+        if name_or_dir not in REAL_VLAS:
+            raise UnknownNameError(
+                f"--base-path loads a published checkpoint of a real VLA family; {name_or_dir!r} "
+                f"is not one (valid choices: {', '.join(REAL_VLAS)})"
+            )
+        if base_path is None or not Path(base_path).is_dir():
+            raise FileNotFoundError(
+                f"--base {name_or_dir} needs --base-path <checkpoint directory>"
+                + ("" if base_path is None else f"; {base_path!r} is not a directory")
+            )
+        kwargs = options.options_for(name_or_dir) if options is not None else {}
+        return POLICIES.get(name_or_dir).from_checkpoint(base_path, benchmark, **kwargs)
     path = Path(name_or_dir)
+    if (path / VLA_RL_FILE).is_file():
+        policy_type = json.loads((path / VLA_RL_FILE).read_text())["policy_type"]
+        return POLICIES.get(policy_type).from_pretrained(path)
     if (path / CONFIG_FILE).is_file():
         policy_type = json.loads((path / CONFIG_FILE).read_text()).get("policy_type")
         if policy_type is None:

@@ -24,6 +24,7 @@ from vla_rl.atomic_io import atomic_write_json
 from vla_rl.benchmark import EnvConfig, first_episodes, get_benchmark
 from vla_rl.config import ConfigError, to_dict
 from vla_rl.evaluation import default_task_selection
+from vla_rl.policies.vla_checkpoint import BaseLoadConfig
 from vla_rl.provenance import provenance
 from vla_rl.rerank import RerankPolicy, rerank_policy
 from vla_rl.types import index_obs
@@ -36,6 +37,11 @@ class PolicyBenchConfig:
 
     policy: str = "metaworld-flow"
     """A registered policy name or a checkpoint directory."""
+    base_path: str | None = None
+    """With a real VLA family as --policy (openvla, openvla-oft, pi0, smolvla): the published
+    checkpoint directory in that family's format (README "Real VLA bases")."""
+    base_load: BaseLoadConfig = field(default_factory=BaseLoadConfig)
+    """How a real VLA checkpoint is loaded (unnorm key, dtype, cameras, ...)."""
     benchmark: str = "metaworld"
     tasks: tuple[str, ...] = ()
     """Tasks for the throughput episodes; empty = the benchmark's default set (MT10)."""
@@ -86,7 +92,7 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
         raise ConfigError("--latency-calls and --threads must be >= 1, --episodes >= 0")
     benchmark = get_benchmark(cfg.benchmark)
     names = benchmark.resolve_task_names(list(cfg.tasks) or default_task_selection(benchmark))
-    base = load_policy(cfg.policy, benchmark)
+    base = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)
     base.eval()
     policy = rerank_policy(base, cfg.policy, cfg.rerank, cfg.candidates, "fresh", cfg.verifier)
     compared = {"": policy}

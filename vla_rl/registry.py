@@ -112,6 +112,29 @@ POLICIES.register(
     "vla_rl.policies.diffusion_chunk:DiffusionChunkPolicy",
     "Diffusion Policy style DDPM/DDIM action-chunk policy (load from a checkpoint directory)",
 )
+# Real published VLAs: loaded from a checkpoint directory in the family's own on-disk format
+# (`--base <family> --base-path <dir>`; README "Real VLA bases").
+POLICIES.register(
+    "openvla",
+    "vla_rl.policies.openvla:OpenVLAPolicy",
+    "OpenVLA (openvla/openvla-7b format): Prismatic VLM, 256-bin action tokens (--base-path)",
+)
+POLICIES.register(
+    "openvla-oft",
+    "vla_rl.policies.openvla_oft:OpenVLAOFTPolicy",
+    "OpenVLA-OFT: parallel chunk decoding, L1 head (+ Gaussian/Laplace scale), proprio (--base-path)",
+)
+POLICIES.register(
+    "pi0",
+    "vla_rl.policies.pi0:Pi0Policy",
+    "pi0 on transformers' PI0ForConditionalGeneration (lerobot/pi0_base format, --base-path)",
+)
+POLICIES.register(
+    "smolvla",
+    "vla_rl.policies.smolvla:SmolVLAPolicy",
+    "SmolVLA: SmolVLM + flow-matching action expert (lerobot/smolvla_base format, --base-path)",
+)
+REAL_VLAS = ("openvla", "openvla-oft", "pi0", "smolvla")
 POLICIES.register(
     "random",
     "vla_rl.policies.trivial:RandomPolicy",

@@ -1,0 +1,215 @@
+"""What the real-checkpoint VLA families (openvla, openvla-oft, pi0, smolvla) share: reading a
+checkpoint directory, loading a state dict with a clear report of missing and unexpected names,
+choosing the dataset statistics by key, the compute dtype, and image preprocessing.
+
+Everything here works on the published on-disk formats (config.json, model.safetensors or a
+sharded model-*.safetensors + model.safetensors.index.json) and never reaches the network.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INDEX_FILE = "model.safetensors.index.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def read_config(directory: str | Path, family: str) -> dict[str, Any]:
+    """config.json of a checkpoint directory, or an error naming what is missing."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--base {family}: {directory} is not a {family} checkpoint directory (no config.json)"
+        )
+    return json.loads(path.read_text())
+
+
+def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint: model.safetensors, or the shards its index file lists."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if (directory / WEIGHTS_FILE).is_file():
+        return load_file(str(directory / WEIGHTS_FILE))
+    if (directory / INDEX_FILE).is_file():
+        shards = sorted(
+            set(json.loads((directory / INDEX_FILE).read_text())["weight_map"].values())
+        )
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(str(directory / shard)))
+        return state
+    raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE} and no {INDEX_FILE}")
+
+
+def load_checked(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    family: str,
+    allow_missing: Iterable[str] = (),
+) -> None:
+    """load_state_dict that names the first missing and unexpected tensors when the names do
+    not match (a checkpoint of another family, version or size), instead of a wall of text.
+    allow_missing: name suffixes the published checkpoints do not store (unused buffers)."""
+    allow = tuple(allow_missing)
+    result = module.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(allow)]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"the {family} checkpoint does not match the {family} architecture: "
+            f"{len(missing)} missing tensors (e.g. {missing[:3]}), "
+            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
+        )
+
+
+def select_stats(stats: dict[str, Any], key: str | None, what: str = "norm_stats") -> Any:
+    """stats[key]; with key None the only entry. The error lists the valid keys."""
+    keys = sorted(stats)
+    if key is None:
+        if len(keys) == 1:
+            return stats[keys[0]]
+        raise ValueError(
+            f"this checkpoint's {what} hold {len(keys)} datasets; pick one with "
+            f"--base-load.unnorm-key (valid choices: {', '.join(keys)})"
+        )
+    if key not in stats:
+        raise ValueError(f"unknown unnorm_key {key!r}; valid choices: {', '.join(keys)}")
+    return stats[key]
+
+
+def compute_dtype(name: str) -> torch.dtype:
+    """auto: bfloat16 on a GPU that supports it, else float32 (CPU bf16 matmuls are slow)."""
+    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    if name == "auto":
+        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    if name not in choices:
+        raise ValueError(f"unknown dtype {name!r}; valid choices: auto, {', '.join(choices)}")
+    return choices[name]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pil_resize(
+    images: np.ndarray, size: tuple[int, int], resample: str = "bicubic"
+) -> torch.Tensor:
+    """uint8 images (N, H, W, 3) -> float (N, 3, h, w) in [0, 1], resized with PIL (what the
+    reference processors do: PIL resize on PIL images), size = (h, w)."""
+    from PIL import Image
+
+    mode = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[resample]
+    out = np.stack(
+        [
+            np.asarray(Image.fromarray(img).resize((size[1], size[0]), resample=mode))
+            for img in images
+        ]
+    )
+    return torch.from_numpy(out).permute(0, 3, 1, 2).float().div(255)
+
+
+def resize_with_pad(images: torch.Tensor, height: int, width: int, pad_value: float = 0.0):
+    """(N, 3, H, W) in [0, 1] -> (N, 3, height, width): resized keeping the aspect ratio
+    (bilinear), then padded on the left and top (lerobot's pi0 / SmolVLA `resize_with_pad`)."""
+    h, w = images.shape[-2:]
+    ratio = max(w / width, h / height)
+    new_h, new_w = int(h / ratio), int(w / ratio)
+    resized = F.interpolate(images, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    return F.pad(resized, (width - new_w, 0, height - new_h, 0), value=pad_value)
+
+
+def pad_last_dim(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad the last dim to `size` (pi0 / SmolVLA pad states and actions to 32)."""
+    if x.shape[-1] > size:
+        raise ValueError(f"dimension {x.shape[-1]} exceeds the checkpoint's maximum {size}")
+    return F.pad(x, (0, size - x.shape[-1]))
+
+
+def check_benchmark_dims(family: str, action_dim: int, benchmark: Any) -> None:
+    """A real checkpoint's action space is fixed by its training data: refuse a benchmark whose
+    action dim differs instead of executing wrong-sized actions."""
+    if benchmark is not None and getattr(benchmark, "action_dim", action_dim) != action_dim:
+        raise ValueError(
+            f"the {family} checkpoint outputs {action_dim}-D actions but benchmark "
+            f"{benchmark.name!r} takes {benchmark.action_dim}-D actions; fine-tune the "
+            "checkpoint for this action space first"
+        )
+
+
+class RealCheckpoint:
+    """The loading entry points every real-VLA family shares (mixed into its BasePolicy).
+
+    `from_checkpoint(dir, benchmark, **options)`: a published checkpoint (`--base-path`), its
+    action space checked against the benchmark's. `save_pretrained` (per family) writes the
+    family's own format again plus `vla_rl.json` (policy type and loading options), which
+    `from_pretrained` / `load_policy` read back; the family's own files stay untouched."""
+
+    family = "vla"
+    action_dim = 0
+
+    def loading_options(self) -> dict[str, Any]:
+        """The constructor options to load a saved copy with (get_config by default)."""
+        return self.get_config()  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, benchmark: Any = None, **options: Any):
+        policy = cls(directory, **options)  # type: ignore[call-arg]
+        check_benchmark_dims(cls.family, policy.action_dim, benchmark)
+        return policy
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path):
+        saved = json.loads((Path(directory) / "vla_rl.json").read_text())
+        return cls(directory, **saved["options"])  # type: ignore[call-arg]
+
+    def write_vla_rl_file(self, directory: Path) -> None:
+        record = {"policy_type": self.policy_type, "options": self.loading_options()}  # type: ignore[attr-defined]
+        (directory / "vla_rl.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+@dataclass
+class BaseLoadConfig:
+    """How a real VLA checkpoint is loaded (`--base-load.*`); each family takes the fields it
+    has (README "Real VLA bases" lists which)."""
+
+    unnorm_key: str | None = None
+    """openvla / openvla-oft: the norm_stats dataset whose action statistics un-normalise the
+    output (e.g. libero_spatial_no_noops). None: the only one (an error lists them if several)."""
+    dtype: str = "auto"
+    """auto (bfloat16 on a GPU that supports it, else float32), float32 or bfloat16."""
+    center_crop: bool = False
+    """openvla / openvla-oft: crop the central 90% of the image area first (OpenVLA's LIBERO
+    evaluation, for checkpoints trained with random-crop augmentation)."""
+    num_images: int = 1
+    """openvla-oft: cameras fed to the model (LIBERO OFT checkpoints: 2, third-person + wrist)."""
+    chunk_size: int | None = None
+    """openvla-oft: actions per chunk; None: OFT's constant for the platform (LIBERO 8)."""
+    scale_head: str = "gaussian"
+    """openvla-oft with the L1 head: gaussian, laplace or none; the learned scale that gives
+    the continuous head a likelihood for RL (World-Env's stochastic head)."""
+    tokenizer: str | None = None
+    """pi0: a PaliGemma tokenizer directory; smolvla: the SmolVLM2 directory (config and
+    tokenizer). None: the checkpoint directory (pi0) or config's vlm_model_name (smolvla)."""
+    chain_std: float = 0.05
+    """pi0 / smolvla: noise std injected at each flow step for RL, in normalised action units."""
+    num_steps: int | None = None
+    """pi0 / smolvla: Euler steps; None keeps the checkpoint's (10)."""
+
+    def options_for(self, family: str) -> dict[str, Any]:
+        """The fields the family's constructor takes."""
+        import inspect
+
+        from vla_rl.registry import POLICIES
+
+        accepted = inspect.signature(POLICIES.get(family).__init__).parameters
+        return {k: v for k, v in asdict(self).items() if k in accepted}
