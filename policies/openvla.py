@@ -52,8 +52,14 @@ from vla_rl.types import ActionSample, Observation
 NUM_BINS = 256
 EMPTY_TOKEN = 29871  # Llama-2's "▁": OpenVLA appends it after "Out:" as at training time
 PROMPT = "In: What action should the robot take to {}?\nOut:"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json",
-                   "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json")  # fmt: skip
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "preprocessor_config.json",
+)
 ALLOW_MISSING = ("mask_token", "layernorm.weight", "layernorm.bias")  # HF-only, never used
 
 

@@ -96,9 +96,12 @@ def read_stats(directory: Path) -> dict[str, np.ndarray]:
         from safetensors.torch import load_file
 
         s = load_file(str(files[0]))
-        return {"state_mean": s["observation.state.mean"].numpy(),
-                "state_std": s["observation.state.std"].numpy(),
-                "actions_mean": s["action.mean"].numpy(), "actions_std": s["action.std"].numpy()}  # fmt: skip
+        return {
+            "state_mean": s["observation.state.mean"].numpy(),
+            "state_std": s["observation.state.std"].numpy(),
+            "actions_mean": s["action.mean"].numpy(),
+            "actions_std": s["action.std"].numpy(),
+        }
     raise FileNotFoundError(
         f"{directory} holds no dataset statistics (processor_config.json with state_mean/"
         "state_std/actions_mean/actions_std, or lerobot's policy_preprocessor_step_*_normalizer_"
@@ -194,11 +197,12 @@ class Pi0Policy(RealCheckpoint, BasePolicy):
         state = (state - self.stats["state_mean"]) / (self.stats["state_std"] + 1e-8)
         dtype, dev = self.model.action_out_proj.weight.dtype, self.device
         return {
-            "input_ids": text["input_ids"].to(dev), "attention_mask": text["attention_mask"].to(dev),
+            "input_ids": text["input_ids"].to(dev),
+            "attention_mask": text["attention_mask"].to(dev),
             "pixel_values": pixels.to(dev, dtype),
             "pixel_attention_mask": torch.ones(b, n, dtype=torch.bool, device=dev),
             "state": pad_last_dim(state, self.model.config.max_state_dim).to(dev, dtype),
-        }  # fmt: skip
+        }
 
     def _prefix(self, x: dict[str, torch.Tensor]):
         """Run the VLM once over images + text (its key/value cache is the flow's prefix)."""

@@ -79,7 +79,8 @@ def tower_specs(config: dict[str, Any]) -> list[TowerSpec]:
     unknown = [i for i in ids if i not in KNOWN_TOWERS]
     if unknown:
         raise ValueError(
-            f"vision tower {unknown[0]!r} is not supported; valid choices: {', '.join(KNOWN_TOWERS)}"
+            f"vision tower {unknown[0]!r} is not supported; "
+            f"valid choices: {', '.join(KNOWN_TOWERS)}"
         )
     return [KNOWN_TOWERS[i] for i in ids]
 
@@ -187,18 +188,26 @@ def _tower_rename(spec: TowerSpec, rest: str) -> str | None:
                      "mlp.fc2": "mlp.fc2", "ls2.scale_factor": "layer_scale2.lambda1"}  # fmt: skip
             layer = f"encoder.layer.{block}."
         else:
-            names = {"norm1": "layer_norm1", "attn.proj": "self_attn.out_proj",
-                     "norm2": "layer_norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}  # fmt: skip
+            names = {
+                "norm1": "layer_norm1",
+                "attn.proj": "self_attn.out_proj",
+                "norm2": "layer_norm2",
+                "mlp.fc1": "mlp.fc1",
+                "mlp.fc2": "mlp.fc2",
+            }
             layer = f"encoder.layers.{block}."
         for src, dst in names.items():
             if field == src or field.startswith(src + "."):
                 return layer + dst + field[len(src) :]
         return None
     if spec.kind == "dinov2":
-        table = {"cls_token": "embeddings.cls_token", "reg_token": "embeddings.register_tokens",
-                 "pos_embed": "embeddings.position_embeddings",
-                 "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-                 "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias"}  # fmt: skip
+        table = {
+            "cls_token": "embeddings.cls_token",
+            "reg_token": "embeddings.register_tokens",
+            "pos_embed": "embeddings.position_embeddings",
+            "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+            "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+        }
     else:
         table = {"pos_embed": "embeddings.position_embedding.weight",
                  "patch_embed.proj.weight": "embeddings.patch_embedding.weight",

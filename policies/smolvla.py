@@ -156,8 +156,14 @@ class SmolVLAModel(nn.Module):
         lang = self.vlm.text_model.get_input_embeddings()(tokens)
         lang = lang * math.sqrt(lang.shape[-1])
         embeds = torch.cat([img, lang, self.state_proj(state)[:, None]], 1)
-        pad = torch.cat([torch.ones(b, img.shape[1], dtype=torch.bool, device=img.device),
-                         token_mask.bool(), torch.ones(b, 1, dtype=torch.bool, device=img.device)], 1)  # fmt: skip
+        pad = torch.cat(
+            [
+                torch.ones(b, img.shape[1], dtype=torch.bool, device=img.device),
+                token_mask.bool(),
+                torch.ones(b, 1, dtype=torch.bool, device=img.device),
+            ],
+            1,
+        )
         blocks = torch.zeros_like(pad)
         blocks[:, -1] = True  # the state token starts its own block
         return embeds, pad, blocks
@@ -223,8 +229,12 @@ def read_smolvla_stats(
     old = "normalize_inputs.buffer_observation_state."
     if old + "mean" in weights:
         out = "unnormalize_outputs.buffer_action."
-        return {"state_mean": weights[old + "mean"], "state_std": weights[old + "std"],
-                "action_mean": weights[out + "mean"], "action_std": weights[out + "std"]}  # fmt: skip
+        return {
+            "state_mean": weights[old + "mean"],
+            "state_std": weights[old + "std"],
+            "action_mean": weights[out + "mean"],
+            "action_std": weights[out + "std"],
+        }
     raise FileNotFoundError(f"{directory} holds no SmolVLA normaliser statistics")
 
 
@@ -298,9 +308,14 @@ class SmolVLAPolicy(RealCheckpoint, BasePolicy):
         h, w = self.cfg.get("resize_imgs_with_padding", [512, 512])
         pixels = (resize_with_pad(pixels, h, w) * 2 - 1).view(b, n, 3, h, w)
         tasks = [t if t.endswith("\n") else t + "\n" for t in obs["instruction"]]
-        text = self.tokenizer(tasks, padding=self.cfg.get("pad_language_to", "max_length"),
-                              max_length=self.cfg.get("tokenizer_max_length", 48),
-                              truncation=True, padding_side="right", return_tensors="pt")  # fmt: skip
+        text = self.tokenizer(
+            tasks,
+            padding=self.cfg.get("pad_language_to", "max_length"),
+            max_length=self.cfg.get("tokenizer_max_length", 48),
+            truncation=True,
+            padding_side="right",
+            return_tensors="pt",
+        )
         state = torch.as_tensor(obs["state"], dtype=torch.float32)
         state = (state - self.stats["state_mean"]) / (self.stats["state_std"] + 1e-8)
         dtype = self.model.action_out_proj.weight.dtype

@@ -76,7 +76,13 @@ class ToyEnv(gym.Env):
         return self._obs(), reward, False, self.t >= self.max_steps, {"success": success}
 
     def _obs(self):
-        return {"state": np.array([self.pos, self.target], dtype=np.float32)}
+        obs = {"state": np.array([self.pos, self.target], dtype=np.float32)}
+        if self.cfg.images:  # one camera: a bright column at the point's position
+            size = self.cfg.image_size
+            image = np.zeros((1, size, size, 3), dtype=np.uint8)
+            image[0, :, int((self.pos + 1) / 2 * (size - 1)) % size] = 255
+            obs["image"] = image
+        return obs
 
     def render(self):
         frame = np.zeros((8, 8, 3), dtype=np.uint8)

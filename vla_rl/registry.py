@@ -122,7 +122,7 @@ POLICIES.register(
 POLICIES.register(
     "openvla-oft",
     "vla_rl.policies.openvla_oft:OpenVLAOFTPolicy",
-    "OpenVLA-OFT: parallel chunk decoding, L1 head (+ Gaussian/Laplace scale), proprio (--base-path)",
+    "OpenVLA-OFT: parallel chunk decoding, L1 head (+ scale head), proprio (--base-path)",
 )
 POLICIES.register(
     "pi0",

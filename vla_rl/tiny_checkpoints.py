@@ -50,8 +50,14 @@ def _llama_tokenizer(directory: Path) -> None:
     tk.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])  # fmt: skip
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = LlamaTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                             unk_token="<unk>", add_bos_token=True, add_eos_token=False)  # fmt: skip
+    tok = LlamaTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        add_bos_token=True,
+        add_eos_token=False,
+    )
     tok.add_special_tokens({"pad_token": "<PAD>"})
     tok.save_pretrained(str(directory))
 
@@ -123,19 +129,34 @@ def build_openvla(out: str | Path, action_dim: int = 7, state_dim: int = 8, imag
                                            "proprio": _stats(state_dim, -1.0, 1.0)}}  # fmt: skip
     config = {
         "architectures": ["OpenVLAForActionPrediction"],
-        "auto_map": {"AutoConfig": "configuration_prismatic.OpenVLAConfig",
-                     "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction"},
-        "model_type": "openvla", "arch_specifier": "no-align+fused-gelu-mlp",
-        "hf_llm_id": "meta-llama/Llama-2-7b-hf", "image_resize_strategy": "resize-naive",
-        "image_sizes": [image_size, image_size], "llm_backbone_id": "llama2-7b-pure",
-        "llm_max_length": 2048, "n_action_bins": 256, "norm_stats": norm_stats,
-        "output_projector_states": False, "pad_to_multiple_of": 64, "pad_token_id": OPENVLA_VOCAB,
+        "auto_map": {
+            "AutoConfig": "configuration_prismatic.OpenVLAConfig",
+            "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction",
+        },
+        "model_type": "openvla",
+        "arch_specifier": "no-align+fused-gelu-mlp",
+        "hf_llm_id": "meta-llama/Llama-2-7b-hf",
+        "image_resize_strategy": "resize-naive",
+        "image_sizes": [image_size, image_size],
+        "llm_backbone_id": "llama2-7b-pure",
+        "llm_max_length": 2048,
+        "n_action_bins": 256,
+        "norm_stats": norm_stats,
+        "output_projector_states": False,
+        "pad_to_multiple_of": 64,
+        "pad_token_id": OPENVLA_VOCAB,
         "text_config": text,
-        "timm_model_ids": ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"],
-        "timm_override_act_layers": [None, None], "torch_dtype": "bfloat16",
-        "transformers_version": "4.40.1", "use_fused_vision_backbone": True,
-        "vision_backbone_id": "dinosiglip-vit-so-224px", "vla_rl_vision_towers": towers,
-    }  # fmt: skip
+        "timm_model_ids": [
+            "vit_large_patch14_reg4_dinov2.lvd142m",
+            "vit_so400m_patch14_siglip_224",
+        ],
+        "timm_override_act_layers": [None, None],
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.40.1",
+        "use_fused_vision_backbone": True,
+        "vision_backbone_id": "dinosiglip-vit-so-224px",
+        "vla_rl_vision_towers": towers,
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     preprocessor = {
         "image_processor_type": "PrismaticImageProcessor", "image_resize_strategy": "resize-naive",
@@ -168,18 +189,27 @@ def _oft_heads(out: Path, hidden: int, action_dim: int, state_dim: int) -> None:
     """OFT's separate head files: the L1 regression head (MLPResNet, 2 blocks, on Da
     concatenated hidden states per action) and the proprio projector, DDP-prefixed."""
     d_in = hidden * action_dim
-    head = {"model.layer_norm1.weight": torch.ones(d_in), "model.layer_norm1.bias": torch.zeros(d_in),
-            "model.fc1.weight": 0.05 * torch.randn(hidden, d_in), "model.fc1.bias": torch.zeros(hidden),
-            "model.layer_norm2.weight": torch.ones(hidden), "model.layer_norm2.bias": torch.zeros(hidden),
-            "model.fc2.weight": 0.05 * torch.randn(action_dim, hidden),
-            "model.fc2.bias": torch.zeros(action_dim)}  # fmt: skip
+    head = {
+        "model.layer_norm1.weight": torch.ones(d_in),
+        "model.layer_norm1.bias": torch.zeros(d_in),
+        "model.fc1.weight": 0.05 * torch.randn(hidden, d_in),
+        "model.fc1.bias": torch.zeros(hidden),
+        "model.layer_norm2.weight": torch.ones(hidden),
+        "model.layer_norm2.bias": torch.zeros(hidden),
+        "model.fc2.weight": 0.05 * torch.randn(action_dim, hidden),
+        "model.fc2.bias": torch.zeros(action_dim),
+    }
     for i in range(2):
         b = f"model.mlp_resnet_blocks.{i}.ffn."
         head.update({b + "0.weight": torch.ones(hidden), b + "0.bias": torch.zeros(hidden),
                      b + "1.weight": 0.05 * torch.randn(hidden, hidden),
                      b + "1.bias": torch.zeros(hidden)})  # fmt: skip
-    proprio = {"fc1.weight": 0.1 * torch.randn(hidden, state_dim), "fc1.bias": torch.zeros(hidden),
-               "fc2.weight": 0.1 * torch.randn(hidden, hidden), "fc2.bias": torch.zeros(hidden)}  # fmt: skip
+    proprio = {
+        "fc1.weight": 0.1 * torch.randn(hidden, state_dim),
+        "fc1.bias": torch.zeros(hidden),
+        "fc2.weight": 0.1 * torch.randn(hidden, hidden),
+        "fc2.bias": torch.zeros(hidden),
+    }
     torch.save({f"module.{k}": v for k, v in head.items()}, out / "action_head--10_checkpoint.pt")
     torch.save({f"module.{k}": v for k, v in proprio.items()},
                out / "proprio_projector--10_checkpoint.pt")  # fmt: skip
@@ -300,20 +330,39 @@ def build_smolvla(out: str | Path, action_dim: int = 6, state_dim: int = 6, imag
     cameras = {f"observation.images.camera{i}": {"type": "VISUAL", "shape": [3, 256, 256]}
                for i in (1, 2, 3)}  # fmt: skip
     config = {
-        "type": "smolvla", "n_obs_steps": 1,
+        "type": "smolvla",
+        "n_obs_steps": 1,
         "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
         "input_features": {"observation.state": {"type": "STATE", "shape": [state_dim]}, **cameras},
         "output_features": {"action": {"type": "ACTION", "shape": [action_dim]}},
-        "device": "cpu", "chunk_size": chunk_size, "n_action_steps": chunk_size,
-        "max_state_dim": 32, "max_action_dim": 32, "resize_imgs_with_padding": [image_size] * 2,
-        "empty_cameras": 0, "adapt_to_pi_aloha": False, "use_delta_joint_actions_aloha": False,
-        "tokenizer_max_length": 16, "num_steps": 3, "use_cache": True,
-        "freeze_vision_encoder": True, "train_expert_only": True, "train_state_proj": True,
-        "vlm_model_name": str(vlm_dir), "load_vlm_weights": False, "add_image_special_tokens": False,
-        "attention_mode": "cross_attn", "prefix_length": 0, "pad_language_to": "max_length",
-        "num_expert_layers": 0, "num_vlm_layers": 4, "self_attn_every_n_layers": 2,
-        "expert_width_multiplier": 0.75, "min_period": 0.004, "max_period": 4.0,
-    }  # fmt: skip
+        "device": "cpu",
+        "chunk_size": chunk_size,
+        "n_action_steps": chunk_size,
+        "max_state_dim": 32,
+        "max_action_dim": 32,
+        "resize_imgs_with_padding": [image_size] * 2,
+        "empty_cameras": 0,
+        "adapt_to_pi_aloha": False,
+        "use_delta_joint_actions_aloha": False,
+        "tokenizer_max_length": 16,
+        "num_steps": 3,
+        "use_cache": True,
+        "freeze_vision_encoder": True,
+        "train_expert_only": True,
+        "train_state_proj": True,
+        "vlm_model_name": str(vlm_dir),
+        "load_vlm_weights": False,
+        "add_image_special_tokens": False,
+        "attention_mode": "cross_attn",
+        "prefix_length": 0,
+        "pad_language_to": "max_length",
+        "num_expert_layers": 0,
+        "num_vlm_layers": 4,
+        "self_attn_every_n_layers": 2,
+        "expert_width_multiplier": 0.75,
+        "min_period": 0.004,
+        "max_period": 4.0,
+    }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     from transformers import AutoConfig
 
@@ -321,8 +370,12 @@ def build_smolvla(out: str | Path, action_dim: int = 6, state_dim: int = 6, imag
     model = SmolVLAModel(config, AutoConfig.from_pretrained(str(vlm_dir)))
     save_file({f"model.{k}": v.contiguous() for k, v in model.state_dict().items()},
               str(out / "model.safetensors"))  # fmt: skip
-    stats = {"observation.state.mean": torch.zeros(state_dim), "observation.state.std": torch.ones(state_dim),
-             "action.mean": torch.zeros(action_dim), "action.std": 0.5 * torch.ones(action_dim)}  # fmt: skip
+    stats = {
+        "observation.state.mean": torch.zeros(state_dim),
+        "observation.state.std": torch.ones(state_dim),
+        "action.mean": torch.zeros(action_dim),
+        "action.std": 0.5 * torch.ones(action_dim),
+    }
     save_file(stats, str(out / "policy_preprocessor_step_5_normalizer_processor.safetensors"))
     return out
 
