@@ -287,3 +287,26 @@ def test_one_residual_update_on_the_frozen_base(family, checkpoints):
     agent.update(batch, update_actor=True)
     assert any(not torch.equal(v, policy.actor.state_dict()[k]) for k, v in actor_before.items())
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in base_before.items())
+
+
+def test_lora_on_openvla_merges_back_into_its_own_format(checkpoints, tmp_path):
+    from vla_rl.lora import add_lora, merge_lora
+
+    policy = load("openvla", checkpoints)
+    obs = toy_obs()
+    sample = policy.sample_actions(obs)
+    trainable = add_lora(policy, rank=2, alpha=4)
+    assert 0 < trainable < sum(p.numel() for p in policy.parameters())
+    opt = torch.optim.SGD([p for p in policy.parameters() if p.requires_grad], lr=0.5)
+    (-policy.log_prob(obs, sample).sum()).backward()
+    opt.step()
+    with torch.no_grad():
+        after = policy.log_prob(obs, sample)
+    assert not torch.allclose(after, sample.log_prob.detach(), atol=1e-3)
+    merge_lora(policy)
+    policy.save_pretrained(tmp_path / "merged")
+    loaded = load_policy(str(tmp_path / "merged"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.log_prob(obs, sample), after, rtol=1e-4, atol=1e-4)
+    saved = load_safetensors_dir(tmp_path / "merged")
+    assert set(saved) == set(load_safetensors_dir(checkpoints["openvla"]))  # the published names
