@@ -133,3 +133,25 @@ def flow_transition(
         return mean, torch.full_like(mean, std)
 
     return transition
+
+
+class FlowChainSampling:
+    """sample_actions / log_prob / log_prob_terms of the real flow VLAs (pi0, SmolVLA), mixed
+    into their BasePolicy. The family supplies `_transition(obs)` (its prefix encoded once, then
+    `flow_transition`), `max_action_dim` (the padded width the chain runs in) and
+    `_unnormalize(chunk (B, Ta, Da))`; the chain is (B, K + 1, Ta * max_action_dim)."""
+
+    def sample_actions(self, obs, deterministic: bool = False):
+        from vla_rl.types import ActionSample, obs_batch_size
+
+        dim = self.chunk_size * self.max_action_dim
+        noise = torch.randn(obs_batch_size(obs), dim, device=self.device)
+        chain, log_prob = sample_chain(self._transition(obs), noise, self.num_steps, deterministic)
+        final = chain[:, -1].view(len(chain), self.chunk_size, -1)[..., : self.action_dim].cpu()
+        return ActionSample(self._unnormalize(final), log_prob, {"chain": chain})
+
+    def log_prob(self, obs, sample) -> torch.Tensor:
+        return chain_log_prob(self._transition(obs), sample.extras["chain"].to(self.device))
+
+    def log_prob_terms(self, obs, sample):
+        return chain_log_prob_terms(self._transition(obs), sample.extras["chain"].to(self.device))

@@ -102,7 +102,7 @@ def normalize_bounds(x: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
 class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
     """What OpenVLA and OpenVLA-OFT share: loading, saving, image and prompt preprocessing."""
 
-    family = "openvla"
+    policy_type = "openvla"
     num_images = 1  # cameras fed to the towers
 
     def __init__(self, directory: str | Path, unnorm_key: str | None = None,
@@ -111,11 +111,11 @@ class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
         from transformers import LlamaTokenizerFast
 
         self.directory = Path(directory)
-        self.hf_config = read_config(directory, self.family)
+        self.hf_config = read_config(directory, self.policy_type)
         if self.hf_config.get("model_type") != "openvla":
             raise ValueError(
                 f"{directory}/config.json has model_type {self.hf_config.get('model_type')!r}, "
-                f"not 'openvla': not a {self.family} checkpoint"
+                f"not 'openvla': not a {self.policy_type} checkpoint"
             )
         self.unnorm_key = unnorm_key
         self.stats = select_stats(self.hf_config["norm_stats"], unnorm_key)
@@ -129,7 +129,7 @@ class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
         self.tokenizer = LlamaTokenizerFast.from_pretrained(str(directory))
         self.vlm = PrismaticVLM(self.hf_config)
         hf_state, self.vlm.unused = timm_to_hf(load_safetensors_dir(directory), self.vlm.specs)
-        load_checked(self.vlm, hf_state, self.family, ALLOW_MISSING)
+        load_checked(self.vlm, hf_state, self.policy_type, ALLOW_MISSING)
         self.dtype_name = dtype
         self.to(device=default_device(), dtype=compute_dtype(dtype))
 
@@ -165,10 +165,12 @@ class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
     def pixel_values(self, obs: Observation) -> torch.Tensor:
         """(B, Ncam, 3 * towers, H, W) in the towers' normalisations."""
         if "image" not in obs:
-            raise ValueError(f"{self.family} needs camera images; run the env with --env.images")
+            raise ValueError(
+                f"{self.policy_type} needs camera images; run the env with --env.images"
+            )
         images = np.asarray(obs["image"])[:, : self.num_images]
         if images.shape[1] < self.num_images:
-            raise ValueError(f"{self.family} takes {self.num_images} cameras; the env gives "
+            raise ValueError(f"{self.policy_type} takes {self.num_images} cameras; the env gives "
                              f"{images.shape[1]}")  # fmt: skip
         b, n, h, w = images.shape[:4]
         flat = images.reshape(b * n, h, w, 3)
@@ -236,7 +238,6 @@ class OpenVLAPolicy(PrismaticPolicyBase):
     """OpenVLA: Da action tokens decoded autoregressively with a KV cache (chunk Ta = 1)."""
 
     policy_type = "openvla"
-    family = "openvla"
     chunk_size = 1
 
     def _lm(self, embeds, mask, **kwargs):

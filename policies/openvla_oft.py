@@ -87,7 +87,6 @@ def _load_module_file(path: Path) -> dict[str, torch.Tensor]:
 
 class OpenVLAOFTPolicy(PrismaticPolicyBase):
     policy_type = "openvla-oft"
-    family = "openvla-oft"
 
     def __init__(self, directory: str | Path, unnorm_key: str | None = None, dtype: str = "auto",
                  center_crop: bool = False, num_images: int = 1, chunk_size: int | None = None,

@@ -34,12 +34,7 @@ import numpy as np
 import torch
 
 from vla_rl.atomic_io import atomic_directory
-from vla_rl.policies.gaussian_chain import (
-    chain_log_prob,
-    chain_log_prob_terms,
-    flow_transition,
-    sample_chain,
-)
+from vla_rl.policies.gaussian_chain import FlowChainSampling, flow_transition
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
     compute_dtype,
@@ -50,7 +45,7 @@ from vla_rl.policies.vla_checkpoint import (
     resize_with_pad,
 )
 from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
+from vla_rl.types import Observation
 
 # openpi's Gemma variants, which lerobot's pi0 config names (width, depth, mlp, heads, kv, head).
 GEMMA_VARIANTS = {
@@ -109,8 +104,7 @@ def read_stats(directory: Path) -> dict[str, np.ndarray]:
     )
 
 
-class Pi0Policy(RealCheckpoint, BasePolicy):
-    family = "pi0"
+class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
     policy_type = "pi0"
     deterministic_candidates_differ = True
 
@@ -149,6 +143,7 @@ class Pi0Policy(RealCheckpoint, BasePolicy):
         self.stats = {k: torch.as_tensor(v) for k, v in stats.items()}
         self.action_dim = len(stats["actions_mean"])
         self.chunk_size = cfg.chunk_size
+        self.max_action_dim = cfg.max_action_dim
         self.num_steps = num_steps or cfg.num_inference_steps
         self.chain_std = chain_std
         vision = cfg.vlm_config.vision_config
@@ -218,10 +213,11 @@ class Pi0Policy(RealCheckpoint, BasePolicy):
         cache = self._prefix(x).past_key_values
         return cache, cache.get_seq_length()
 
-    def _transition(self, x: dict[str, torch.Tensor]):
+    def _transition(self, obs: Observation):
         """The noise-injected Euler chain over the flattened chunk (B, Ta * 32)."""
+        x = self.inputs(obs)
         cache, length = self._prefix_cache(x)
-        shape = (len(x["state"]), self.chunk_size, self.model.config.max_action_dim)
+        shape = (len(x["state"]), self.chunk_size, self.max_action_dim)
 
         def velocity(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
             out = self.model(state=x["state"], noise=flat.view(shape).to(x["state"].dtype),
@@ -233,25 +229,8 @@ class Pi0Policy(RealCheckpoint, BasePolicy):
 
         return flow_transition(velocity, self.num_steps, self.chain_std * self.temperature)
 
-    def _actions(self, final: torch.Tensor) -> torch.Tensor:
-        chunk = final.view(len(final), self.chunk_size, -1)[..., : self.action_dim].cpu()
+    def _unnormalize(self, chunk: torch.Tensor) -> torch.Tensor:
         return chunk * (self.stats["actions_std"] + 1e-8) + self.stats["actions_mean"]
-
-    def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
-        x = self.inputs(obs)
-        dim = self.chunk_size * self.model.config.max_action_dim
-        noise = torch.randn(len(x["state"]), dim, device=self.device)
-        chain, log_prob = sample_chain(self._transition(x), noise, self.num_steps, deterministic)
-        return ActionSample(self._actions(chain[:, -1]), log_prob, {"chain": chain})
-
-    def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
-        return chain_log_prob(
-            self._transition(self.inputs(obs)), sample.extras["chain"].to(self.device)
-        )
-
-    def log_prob_terms(self, obs: Observation, sample: ActionSample):
-        chain = sample.extras["chain"].to(self.device)
-        return chain_log_prob_terms(self._transition(self.inputs(obs)), chain)
 
     def observation_features(self, obs: Observation) -> torch.Tensor:
         """The VLM's last hidden state at each row's last prompt token (B, D)."""

@@ -39,12 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vla_rl.atomic_io import atomic_directory
-from vla_rl.policies.gaussian_chain import (
-    chain_log_prob,
-    chain_log_prob_terms,
-    flow_transition,
-    sample_chain,
-)
+from vla_rl.policies.gaussian_chain import FlowChainSampling, flow_transition
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
     compute_dtype,
@@ -56,7 +51,7 @@ from vla_rl.policies.vla_checkpoint import (
     resize_with_pad,
 )
 from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
+from vla_rl.types import Observation
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, max_wavelength: float = 10_000.0):
@@ -238,8 +233,7 @@ def read_smolvla_stats(
     raise FileNotFoundError(f"{directory} holds no SmolVLA normaliser statistics")
 
 
-class SmolVLAPolicy(RealCheckpoint, BasePolicy):
-    family = "smolvla"
+class SmolVLAPolicy(FlowChainSampling, RealCheckpoint, BasePolicy):
     policy_type = "smolvla"
     deterministic_candidates_differ = True
 
@@ -272,6 +266,7 @@ class SmolVLAPolicy(RealCheckpoint, BasePolicy):
         load_checked(self.model, own, "smolvla")
         self.action_dim = len(self.stats["action_mean"])
         self.chunk_size = self.cfg.get("chunk_size", 50)
+        self.max_action_dim = self.cfg.get("max_action_dim", 32)
         self.num_steps = num_steps or self.cfg.get("num_steps", 10)
         self.chain_std = chain_std
         features = self.cfg.get("input_features", {})
@@ -328,7 +323,7 @@ class SmolVLAPolicy(RealCheckpoint, BasePolicy):
 
     def _transition(self, obs: Observation):
         cache, pad = self.prefix(obs)
-        shape = (len(pad), self.chunk_size, self.cfg.get("max_action_dim", 32))
+        shape = (len(pad), self.chunk_size, self.max_action_dim)
         dtype = self.model.action_out_proj.weight.dtype
 
         def velocity(t: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
@@ -336,19 +331,8 @@ class SmolVLAPolicy(RealCheckpoint, BasePolicy):
 
         return flow_transition(velocity, self.num_steps, self.chain_std * self.temperature)
 
-    def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
-        dim = self.chunk_size * self.cfg.get("max_action_dim", 32)
-        noise = torch.randn(len(obs["instruction"]), dim, device=self.device)
-        chain, log_prob = sample_chain(self._transition(obs), noise, self.num_steps, deterministic)
-        final = chain[:, -1].view(len(chain), self.chunk_size, -1)[..., : self.action_dim].cpu()
-        actions = final * (self.stats["action_std"] + 1e-8) + self.stats["action_mean"]
-        return ActionSample(actions, log_prob, {"chain": chain})
-
-    def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:
-        return chain_log_prob(self._transition(obs), sample.extras["chain"].to(self.device))
-
-    def log_prob_terms(self, obs: Observation, sample: ActionSample):
-        return chain_log_prob_terms(self._transition(obs), sample.extras["chain"].to(self.device))
+    def _unnormalize(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk * (self.stats["action_std"] + 1e-8) + self.stats["action_mean"]
 
     def observation_features(self, obs: Observation) -> torch.Tensor:
         """The last VLM layer's values averaged over the real prefix tokens (B, F)."""

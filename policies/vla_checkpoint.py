@@ -154,7 +154,6 @@ class RealCheckpoint:
     family's own format again plus `vla_rl.json` (policy type and loading options), which
     `from_pretrained` / `load_policy` read back; the family's own files stay untouched."""
 
-    family = "vla"
     action_dim = 0
 
     def loading_options(self) -> dict[str, Any]:
@@ -164,7 +163,7 @@ class RealCheckpoint:
     @classmethod
     def from_checkpoint(cls, directory: str | Path, benchmark: Any = None, **options: Any):
         policy = cls(directory, **options)  # type: ignore[call-arg]
-        check_benchmark_dims(cls.family, policy.action_dim, benchmark)
+        check_benchmark_dims(cls.policy_type, policy.action_dim, benchmark)  # type: ignore[attr-defined]
         return policy
 
     @classmethod
