@@ -1,2 +1,2 @@
-"""Benchmark adapters implementing `vla_rl.benchmark.Benchmark` (installed as
+"""Benchmark adapters implementing `vla_rl.core.benchmark.Benchmark` (installed as
 vla_rl.benchmarks). Importing one imports its simulator, so the registry imports them lazily."""

@@ -39,8 +39,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from vla_rl.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
-from vla_rl.rendering import ensure_headless_gl
+from vla_rl.benchmarks.rendering import ensure_headless_gl
+from vla_rl.core.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
 
 ensure_headless_gl()  # before mujoco is imported
 

@@ -1,1 +1,1 @@
-"""Policy adapters implementing `vla_rl.policy.BasePolicy` (installed as vla_rl.policies)."""
+"""Policy adapters implementing `vla_rl.core.policy.BasePolicy` (installed as vla_rl.policies)."""

@@ -20,11 +20,14 @@ Shapes: chunk (B, Ta, Da); the chain lives in the flattened space (B, K + 1, Ta 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample, Observation
 from vla_rl.policies.flow_chunk import time_embedding
 from vla_rl.policies.gaussian_chain import (
     chain_log_prob,
@@ -35,10 +38,9 @@ from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
     Normalizer,
     ObservationEncoder,
+    benchmark_vocab,
     obs_tensors,
 )
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
 
 
 def make_schedulers(train_steps: int, inference_steps: int):
@@ -95,6 +97,13 @@ class DiffusionChunkPolicy(BasePolicy):
 
     def get_config(self) -> dict[str, Any]:
         return dict(self.config)
+
+    @classmethod
+    def contract_instance(cls, benchmark: Any, directory: Path) -> DiffusionChunkPolicy:
+        """A tiny random-weight instance (Ta = 2, hidden 32, 3 DDIM steps) for the contract
+        test."""
+        return cls(benchmark.state_dim, benchmark.action_dim, benchmark_vocab(benchmark),
+                   chunk_size=2, hidden=32, inference_steps=3)  # fmt: skip
 
     def encode(self, obs: Observation) -> torch.Tensor:
         return self.encoder(*obs_tensors(obs, self.normalizer, self.tokenizer))

@@ -16,11 +16,14 @@ Shapes: chunk (B, Ta, Da); the chain lives in the flattened space (B, K + 1, Ta 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample, Observation
 from vla_rl.policies.gaussian_chain import (
     chain_log_prob,
     chain_log_prob_terms,
@@ -31,10 +34,9 @@ from vla_rl.policies.obs_encoder import (
     InstructionTokenizer,
     Normalizer,
     ObservationEncoder,
+    benchmark_vocab,
     obs_tensors,
 )
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
 
 
 def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -89,6 +91,12 @@ class FlowChunkPolicy(BasePolicy):
 
     def get_config(self) -> dict[str, Any]:
         return dict(self.config)
+
+    @classmethod
+    def contract_instance(cls, benchmark: Any, directory: Path) -> FlowChunkPolicy:
+        """A tiny random-weight instance (Ta = 2, hidden 32, K = 3) for the contract test."""
+        return cls(benchmark.state_dim, benchmark.action_dim, benchmark_vocab(benchmark),
+                   chunk_size=2, hidden=32, num_flow_steps=3)  # fmt: skip
 
     # ---- the two networks -------------------------------------------------------------------
     def _inputs(self, t: torch.Tensor, x: torch.Tensor, feature: torch.Tensor) -> torch.Tensor:

@@ -142,7 +142,7 @@ class FlowChainSampling:
     `_unnormalize(chunk (B, Ta, Da))`; the chain is (B, K + 1, Ta * max_action_dim)."""
 
     def sample_actions(self, obs, deterministic: bool = False):
-        from vla_rl.types import ActionSample, obs_batch_size
+        from vla_rl.core.types import ActionSample, obs_batch_size
 
         dim = self.chunk_size * self.max_action_dim
         noise = torch.randn(obs_batch_size(obs), dim, device=self.device)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from vla_rl.types import Observation
+from vla_rl.core.types import Observation
 
 PAD, UNK = "<pad>", "<unk>"
 
@@ -48,6 +49,11 @@ class InstructionTokenizer:
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         return [" ".join(self.vocab[i] for i in row.tolist() if i != 0) for row in ids]
+
+
+def benchmark_vocab(benchmark: Any) -> list[str]:
+    """The vocabulary of a benchmark's train-split instructions (what `pretrain` trains on)."""
+    return InstructionTokenizer.train([t.instruction for t in benchmark.tasks("train")]).vocab
 
 
 class Normalizer(nn.Module):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vla_rl.atomic_io import atomic_directory
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample, Observation
+from vla_rl.io.atomic import atomic_directory
 from vla_rl.policies.prismatic import IMAGE_STATS, PrismaticVLM, hf_to_timm, timm_to_hf
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
@@ -46,8 +49,6 @@ from vla_rl.policies.vla_checkpoint import (
     read_config,
     select_stats,
 )
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
 
 NUM_BINS = 256
 EMPTY_TOKEN = 29871  # Llama-2's "▁": OpenVLA appends it after "Out:" as at training time
@@ -99,17 +100,36 @@ def normalize_bounds(x: torch.Tensor, stats: dict[str, Any]) -> torch.Tensor:
     return torch.where(mask, scaled, x)
 
 
+@dataclass(frozen=True)
+class OpenVLALoadOptions:
+    """How an OpenVLA checkpoint is loaded (`--base-load.*` with `--base openvla`)."""
+
+    unnorm_key: str | None = None
+    """The norm_stats dataset whose action statistics un-normalise the output (OpenVLA's
+    `predict_action(unnorm_key=...)`, e.g. bridge_orig). None: the only one (an error lists
+    them if there are several, as in openvla/openvla-7b)."""
+    dtype: str = "auto"
+    """auto (bfloat16 on a GPU that supports it, the published weights' dtype; else float32:
+    CPU bf16 matmuls are slow), float32 or bfloat16."""
+    center_crop: bool = False
+    """Crop the central 90% of the image area first (OpenVLA's LIBERO evaluation, for
+    checkpoints trained with random-crop augmentation). False: OpenVLA's `predict_action`."""
+
+
 class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
     """What OpenVLA and OpenVLA-OFT share: loading, saving, image and prompt preprocessing."""
 
     policy_type = "openvla"
+    load_options = OpenVLALoadOptions
     num_images = 1  # cameras fed to the towers
 
-    def __init__(self, directory: str | Path, unnorm_key: str | None = None,
-                 dtype: str = "auto", center_crop: bool = False):  # fmt: skip
+    def __init__(self, directory: str | Path, options: OpenVLALoadOptions | None = None):
         super().__init__()
         from transformers import LlamaTokenizerFast
 
+        options = options or self.load_options()
+        self.options = options
+        unnorm_key, dtype = options.unnorm_key, options.dtype
         self.directory = Path(directory)
         self.hf_config = read_config(directory, self.policy_type)
         if self.hf_config.get("model_type") != "openvla":
@@ -121,7 +141,7 @@ class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
         self.stats = select_stats(self.hf_config["norm_stats"], unnorm_key)
         self.action_stats = self.stats["action"]
         self.action_dim = len(self.action_stats["q01"])
-        self.center_crop = center_crop
+        self.center_crop = options.center_crop
         text = self.hf_config["text_config"]
         self.vocab_size = text["vocab_size"] - self.hf_config.get("pad_to_multiple_of", 64)
         # The Llama class directly: AutoTokenizer would follow config.json's auto_map to the
@@ -130,7 +150,6 @@ class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
         self.vlm = PrismaticVLM(self.hf_config)
         hf_state, self.vlm.unused = timm_to_hf(load_safetensors_dir(directory), self.vlm.specs)
         load_checked(self.vlm, hf_state, self.policy_type, ALLOW_MISSING)
-        self.dtype_name = dtype
         self.to(device=default_device(), dtype=compute_dtype(dtype))
 
     @property
@@ -142,8 +161,7 @@ class PrismaticPolicyBase(RealCheckpoint, BasePolicy):
         return self.vlm.projector.fc1.weight.dtype
 
     def get_config(self) -> dict[str, Any]:
-        return {"unnorm_key": self.unnorm_key, "dtype": self.dtype_name,
-                "center_crop": self.center_crop}  # fmt: skip
+        return asdict(self.options)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """The same format it loads (config.json, model.safetensors with the checkpoint's own
@@ -239,6 +257,13 @@ class OpenVLAPolicy(PrismaticPolicyBase):
 
     policy_type = "openvla"
     chunk_size = 1
+    tiny_options = {"unnorm_key": "bridge_orig"}  # the first of the tiny checkpoint's 2 datasets
+
+    @classmethod
+    def write_tiny_checkpoint(cls, directory: str | Path, action_dim: int, state_dim: int) -> Path:
+        from vla_rl.policies.openvla_tiny import write_tiny_openvla
+
+        return write_tiny_openvla(directory, action_dim, state_dim, oft=False)
 
     def _lm(self, embeds, mask, **kwargs):
         positions = (mask.cumsum(-1) - 1).clamp_min(0)

@@ -26,15 +26,21 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from vla_rl.core.types import ActionSample, Observation
 from vla_rl.policies.gaussian_chain import gaussian_log_prob
-from vla_rl.policies.openvla import PrismaticPolicyBase, normalize_bounds, unnormalize
-from vla_rl.types import ActionSample, Observation
+from vla_rl.policies.openvla import (
+    OpenVLALoadOptions,
+    PrismaticPolicyBase,
+    normalize_bounds,
+    unnormalize,
+)
 
 CHUNK_BY_PLATFORM = {"libero": 8, "aloha": 25, "bridge": 5}  # OFT's NUM_ACTIONS_CHUNK
 STOP_TOKEN = 2
@@ -85,27 +91,50 @@ def _load_module_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+@dataclass(frozen=True)
+class OpenVLAOFTLoadOptions(OpenVLALoadOptions):
+    """How an OpenVLA-OFT checkpoint is loaded (`--base-load.*` with `--base openvla-oft`): the
+    OpenVLA options (unnorm_key, dtype, center_crop) and OFT's own."""
+
+    num_images: int = 1
+    """Cameras fed to the towers, the first ones of the observation (OFT's
+    `num_images_in_input`). 1: the first camera, as OpenVLA; the LIBERO OFT checkpoints take 2
+    (third-person + wrist)."""
+    chunk_size: int | None = None
+    """Ta, actions per chunk. None: OFT's NUM_ACTIONS_CHUNK for the platform in the unnorm key
+    (libero 8, aloha 25, bridge 5); a key naming no platform needs it given."""
+    scale_head: str = "gaussian"
+    """With the L1 head: gaussian, laplace or none. The learned per-dimension scale that gives
+    the deterministic L1 head a likelihood for RL (World-Env's stochastic head); none keeps
+    OFT's head as published, which then samples its mean and has no log_prob."""
+    init_scale: float = 0.05
+    """The scale head's initial value in the [-1, 1] action units (ours: small, so early samples
+    stay near the L1 mean the checkpoint was trained to output); a saved scale head overrides
+    it."""
+
+
 class OpenVLAOFTPolicy(PrismaticPolicyBase):
     policy_type = "openvla-oft"
+    load_options = OpenVLAOFTLoadOptions
+    # The tiny checkpoint's LIBERO-named dataset, and a 2-action chunk instead of LIBERO's 8.
+    tiny_options = {"unnorm_key": "libero_spatial_no_noops", "chunk_size": 2}
 
-    def __init__(self, directory: str | Path, unnorm_key: str | None = None, dtype: str = "auto",
-                 center_crop: bool = False, num_images: int = 1, chunk_size: int | None = None,
-                 scale_head: str = "gaussian", init_scale: float = 0.05):  # fmt: skip
-        """num_images: cameras fed to the towers (LIBERO checkpoints: 2). chunk_size (Ta): None
-        takes OFT's constant for the unnorm key's platform. scale_head: gaussian | laplace |
-        none (the L1 head's scale for sampling and log_prob). init_scale: its initial value in
-        the [-1, 1] action scale, small so early samples stay near the L1 mean."""
-        super().__init__(directory, unnorm_key, dtype, center_crop)
+    def __init__(self, directory: str | Path, options: OpenVLAOFTLoadOptions | None = None):
+        options = options or self.load_options()
+        super().__init__(directory, options)
+        scale_head, chunk_size = options.scale_head, options.chunk_size
         if scale_head not in ("gaussian", "laplace", "none"):
             raise ValueError(f"unknown scale_head {scale_head!r}; valid choices: gaussian, "
                              "laplace, none")  # fmt: skip
-        self.num_images, self.scale_kind, self.init_scale = num_images, scale_head, init_scale
+        self.num_images, self.scale_kind = options.num_images, scale_head
+        self.init_scale = options.init_scale
         key = self.unnorm_key or next(iter(self.hf_config["norm_stats"]))
         platform = next((p for p in CHUNK_BY_PLATFORM if p in key.lower()), None)
         if chunk_size is None and platform is None:
             raise ValueError(f"no OFT chunk size is known for {key!r}; pass "
                              "--base-load.chunk-size")  # fmt: skip
         self.chunk_size = chunk_size or CHUNK_BY_PLATFORM[platform]
+        self.options = replace(options, chunk_size=self.chunk_size)  # a saved copy keeps it
         self.num_action_tokens = self.chunk_size * self.action_dim
         hidden = self.vlm.language_model.config.hidden_size
         directory = Path(directory)
@@ -122,7 +151,7 @@ class OpenVLAOFTPolicy(PrismaticPolicyBase):
             if scale_head != "none":
                 self.scale_head = nn.Linear(hidden * self.action_dim, self.action_dim)
                 nn.init.zeros_(self.scale_head.weight)
-                nn.init.constant_(self.scale_head.bias, math.log(init_scale))
+                nn.init.constant_(self.scale_head.bias, math.log(self.init_scale))
                 scale_file = directory / "scale_head--vla_rl.pt"
                 if scale_file.is_file():
                     self.scale_head.load_state_dict(_load_module_file(scale_file))
@@ -133,9 +162,13 @@ class OpenVLAOFTPolicy(PrismaticPolicyBase):
         self.to(device=self.device, dtype=self.dtype)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "num_images": self.num_images,
-                "chunk_size": self.chunk_size, "scale_head": self.scale_kind,
-                "init_scale": self.init_scale}  # fmt: skip
+        return asdict(self.options)
+
+    @classmethod
+    def write_tiny_checkpoint(cls, directory: str | Path, action_dim: int, state_dim: int) -> Path:
+        from vla_rl.policies.openvla_tiny import write_tiny_openvla
+
+        return write_tiny_openvla(directory, action_dim, state_dim, oft=True)
 
     def save_parts(self, directory: Path) -> None:
         """The head files in OFT's own format (DDP prefix), beside the VLA."""

@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vla_rl.atomic_io import atomic_directory
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import Observation
+from vla_rl.io.atomic import atomic_directory
 from vla_rl.policies.gaussian_chain import FlowChainSampling, flow_transition
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
@@ -44,8 +47,6 @@ from vla_rl.policies.vla_checkpoint import (
     read_config,
     resize_with_pad,
 )
-from vla_rl.policy import BasePolicy
-from vla_rl.types import Observation
 
 # openpi's Gemma variants, which lerobot's pi0 config names (width, depth, mlp, heads, kv, head).
 GEMMA_VARIANTS = {
@@ -104,15 +105,31 @@ def read_stats(directory: Path) -> dict[str, np.ndarray]:
     )
 
 
+@dataclass(frozen=True)
+class Pi0LoadOptions:
+    """How a pi0 checkpoint is loaded (`--base-load.*` with `--base pi0`)."""
+
+    dtype: str = "auto"
+    """auto (bfloat16 on a GPU that supports it, else float32: CPU bf16 matmuls are slow),
+    float32 or bfloat16."""
+    tokenizer: str | None = None
+    """A PaliGemma tokenizer directory. None: the checkpoint directory (an error says so when
+    it holds no tokenizer files)."""
+    chain_std: float = 0.05
+    """Std of the noise injected at every Euler step for RL, in the normalised action scale
+    (ours: small, so the noisy chain's samples stay near those of pi0's own noise-free ODE;
+    ReinFlow learns a bounded std instead)."""
+    num_steps: int | None = None
+    """Euler steps K. None keeps the checkpoint's num_inference_steps (pi0: 10)."""
+
+
 class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
     policy_type = "pi0"
+    load_options = Pi0LoadOptions
     deterministic_candidates_differ = True
+    bounded_actions = False  # mean/std de-standardised; the benchmark clips
 
-    def __init__(self, directory: str | Path, dtype: str = "auto", tokenizer: str | None = None,
-                 chain_std: float = 0.05, num_steps: int | None = None):  # fmt: skip
-        """chain_std: std of the noise injected at every Euler step for RL, in the normalised
-        action scale (small: the ODE's samples barely move). num_steps: Euler steps K, None
-        keeps the checkpoint's num_inference_steps (pi0: 10)."""
+    def __init__(self, directory: str | Path, options: Pi0LoadOptions | None = None):
         super().__init__()
         from transformers import AutoTokenizer, PI0Config, PI0ForConditionalGeneration
 
@@ -125,9 +142,9 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
         else:
             raise ValueError(f"{directory}/config.json is neither a transformers pi0 config "
                              "(model_type pi0) nor a lerobot one (type pi0)")  # fmt: skip
-        self.options = {"dtype": dtype, "tokenizer": tokenizer, "chain_std": chain_std,
-                        "num_steps": num_steps}  # fmt: skip
-        torch_dtype = compute_dtype(dtype)
+        self.options = options = options or self.load_options()
+        tokenizer, num_steps = options.tokenizer, options.num_steps
+        torch_dtype = compute_dtype(options.dtype)
         self.model = PI0ForConditionalGeneration.from_pretrained(
             str(directory), config=cfg, dtype=torch_dtype
         ).to(default_device())
@@ -145,7 +162,7 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
         self.chunk_size = cfg.chunk_size
         self.max_action_dim = cfg.max_action_dim
         self.num_steps = num_steps or cfg.num_inference_steps
-        self.chain_std = chain_std
+        self.chain_std = options.chain_std
         vision = cfg.vlm_config.vision_config
         self.image_size = vision.image_size
         self.image_seq_len = (vision.image_size // vision.patch_size) ** 2
@@ -155,10 +172,16 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
         return self.model.action_out_proj.weight.device
 
     def get_config(self) -> dict[str, Any]:
-        return dict(self.options)
+        return asdict(self.options)
 
     def loading_options(self) -> dict[str, Any]:
-        return {**self.options, "tokenizer": None}  # a saved copy holds the tokenizer files
+        return asdict(replace(self.options, tokenizer=None))  # a saved copy holds the tokenizer
+
+    @classmethod
+    def write_tiny_checkpoint(cls, directory: str | Path, action_dim: int, state_dim: int) -> Path:
+        from vla_rl.policies.pi0_tiny import write_tiny_pi0
+
+        return write_tiny_pi0(directory, action_dim, state_dim)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """transformers' pi0 format (its own names), the statistics, the tokenizer files."""

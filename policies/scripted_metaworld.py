@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample, Observation
 
 
 class ScriptedMetaWorldPolicy(BasePolicy):
     policy_type = "scripted"
     chunk_size = 1
+    contract_benchmark = "metaworld"  # the experts exist for Meta-World's tasks only
 
     def __init__(self, action_noise: float = 0.0):
         """action_noise: std of Gaussian noise added to every action (then clipped to [-1, 1]);

@@ -25,15 +25,16 @@ Shapes: chunk (B, Ta, Da); tokens (B, Ta * Da), time-major then dimension (a_0 d
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vla_rl.policies.obs_encoder import InstructionTokenizer, Normalizer
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation, obs_batch_size
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample, Observation, obs_batch_size
+from vla_rl.policies.obs_encoder import InstructionTokenizer, Normalizer, benchmark_vocab
 
 NUM_BINS = 256  # OpenVLA's bins per action dimension
 
@@ -132,6 +133,13 @@ class TokenVLAPolicy(BasePolicy):
 
     def get_config(self) -> dict[str, Any]:
         return dict(self.config)
+
+    @classmethod
+    def contract_instance(cls, benchmark: Any, directory: Path) -> TokenVLAPolicy:
+        """A tiny random-weight instance (Ta = 2, a 1-layer 32-wide Llama) for the contract
+        test."""
+        return cls(benchmark.state_dim, benchmark.action_dim, benchmark_vocab(benchmark),
+                   chunk_size=2, hidden=32, layers=1, heads=2)  # fmt: skip
 
     # ---- sequence pieces ----------------------------------------------------------------------
     def prefix(self, obs: Observation) -> torch.Tensor:

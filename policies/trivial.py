@@ -6,8 +6,8 @@ from typing import Any
 
 import torch
 
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample, Observation, obs_batch_size
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample, Observation, obs_batch_size
 
 
 class ZeroPolicy(BasePolicy):

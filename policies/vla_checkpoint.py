@@ -9,15 +9,17 @@ sharded model-*.safetensors + model.safetensors.index.json) and never reaches th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from vla_rl.io.atomic import atomic_directory
 
 INDEX_FILE = "model.safetensors.index.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -135,6 +137,18 @@ def pad_last_dim(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x, (0, size - x.shape[-1]))
 
 
+@contextmanager
+def new_checkpoint_directory(directory: str | Path) -> Iterator[Path]:
+    """A temporary directory that becomes `directory` in one rename when the block succeeds
+    (removed when it fails). An existing `directory` is refused: a tiny checkpoint never
+    replaces anything."""
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"{directory} exists; choose a new directory")
+    with atomic_directory(directory) as tmp:
+        yield tmp
+
+
 def check_benchmark_dims(family: str, action_dim: int, benchmark: Any) -> None:
     """A real checkpoint's action space is fixed by its training data: refuse a benchmark whose
     action dim differs instead of executing wrong-sized actions."""
@@ -149,66 +163,50 @@ def check_benchmark_dims(family: str, action_dim: int, benchmark: Any) -> None:
 class RealCheckpoint:
     """The loading entry points every real-VLA family shares (mixed into its BasePolicy).
 
-    `from_checkpoint(dir, benchmark, **options)`: a published checkpoint (`--base-path`), its
-    action space checked against the benchmark's. `save_pretrained` (per family) writes the
-    family's own format again plus `vla_rl.json` (policy type and loading options), which
-    `from_pretrained` / `load_policy` read back; the family's own files stay untouched."""
+    A family sets `load_options` to its own options dataclass, declared beside its loader (the
+    fields `--base-load.*` may set for it, vla_rl.core.load_options), and its constructor takes
+    `(directory, options)`. `from_checkpoint(dir, benchmark, options)`: a published checkpoint
+    (`--base-path`), its action space checked against the benchmark's. `save_pretrained` (per
+    family) writes the family's own format again plus `vla_rl.json` (policy type and the loading
+    options), which `from_pretrained` / `load_policy` read back; the family's own files stay
+    untouched. `write_tiny_checkpoint`: a tiny random-weight directory in the published format
+    (`vla-rl tiny-checkpoint`, the tests), loaded with `tiny_options`."""
 
     action_dim = 0
+    load_options: ClassVar[type]
+    tiny_options: ClassVar[dict[str, Any]] = {}
+    """The options the family's tiny checkpoint loads with (e.g. which of its made-up datasets'
+    statistics), for the policy contract test."""
 
     def loading_options(self) -> dict[str, Any]:
-        """The constructor options to load a saved copy with (get_config by default)."""
+        """The options to load a saved copy with (get_config by default)."""
         return self.get_config()  # type: ignore[attr-defined]
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, benchmark: Any = None, **options: Any):
-        policy = cls(directory, **options)  # type: ignore[call-arg]
+    def from_checkpoint(cls, directory: str | Path, benchmark: Any = None, options: Any = None):
+        policy = cls(directory, options)  # type: ignore[call-arg]
         check_benchmark_dims(cls.policy_type, policy.action_dim, benchmark)  # type: ignore[attr-defined]
         return policy
 
     @classmethod
     def from_pretrained(cls, directory: str | Path):
         saved = json.loads((Path(directory) / "vla_rl.json").read_text())
-        return cls(directory, **saved["options"])  # type: ignore[call-arg]
+        return cls(directory, cls.load_options(**saved["options"]))  # type: ignore[call-arg]
 
     def write_vla_rl_file(self, directory: Path) -> None:
         record = {"policy_type": self.policy_type, "options": self.loading_options()}  # type: ignore[attr-defined]
         (directory / "vla_rl.json").write_text(json.dumps(record, indent=2) + "\n")
 
+    @classmethod
+    def write_tiny_checkpoint(cls, directory: str | Path, action_dim: int, state_dim: int) -> Path:
+        """Write a tiny random-weight checkpoint of this family, in its published format, to
+        `directory` (atomically; it must not exist yet). Da / Ds: the made-up statistics' sizes."""
+        raise NotImplementedError(f"{cls.policy_type} has no tiny checkpoint writer")  # type: ignore[attr-defined]
 
-@dataclass
-class BaseLoadConfig:
-    """How a real VLA checkpoint is loaded (`--base-load.*`); each family takes the fields it
-    has (README "Real VLA bases" lists which)."""
-
-    unnorm_key: str | None = None
-    """openvla / openvla-oft: the norm_stats dataset whose action statistics un-normalise the
-    output (e.g. libero_spatial_no_noops). None: the only one (an error lists them if several)."""
-    dtype: str = "auto"
-    """auto (bfloat16 on a GPU that supports it, else float32), float32 or bfloat16."""
-    center_crop: bool = False
-    """openvla / openvla-oft: crop the central 90% of the image area first (OpenVLA's LIBERO
-    evaluation, for checkpoints trained with random-crop augmentation)."""
-    num_images: int = 1
-    """openvla-oft: cameras fed to the model (LIBERO OFT checkpoints: 2, third-person + wrist)."""
-    chunk_size: int | None = None
-    """openvla-oft: actions per chunk; None: OFT's constant for the platform (LIBERO 8)."""
-    scale_head: str = "gaussian"
-    """openvla-oft with the L1 head: gaussian, laplace or none; the learned scale that gives
-    the continuous head a likelihood for RL (World-Env's stochastic head)."""
-    tokenizer: str | None = None
-    """pi0: a PaliGemma tokenizer directory; smolvla: the SmolVLM2 directory (config and
-    tokenizer). None: the checkpoint directory (pi0) or config's vlm_model_name (smolvla)."""
-    chain_std: float = 0.05
-    """pi0 / smolvla: noise std injected at each flow step for RL, in normalised action units."""
-    num_steps: int | None = None
-    """pi0 / smolvla: Euler steps; None keeps the checkpoint's (10)."""
-
-    def options_for(self, family: str) -> dict[str, Any]:
-        """The fields the family's constructor takes."""
-        import inspect
-
-        from vla_rl.registry import POLICIES
-
-        accepted = inspect.signature(POLICIES.get(family).__init__).parameters
-        return {k: v for k, v in asdict(self).items() if k in accepted}
+    @classmethod
+    def contract_instance(cls, benchmark: Any, directory: Path):
+        """The policy contract test's instance: the family's tiny checkpoint for `benchmark`'s
+        action and state sizes, loaded as a published one."""
+        path = cls.write_tiny_checkpoint(Path(directory) / "tiny", benchmark.action_dim,
+                                         benchmark.state_dim)  # fmt: skip
+        return cls.from_checkpoint(path, benchmark, cls.load_options(**cls.tiny_options))

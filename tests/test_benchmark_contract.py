@@ -5,9 +5,9 @@ import importlib.util
 import numpy as np
 import pytest
 
-from vla_rl.benchmark import EnvConfig, check_disjoint, get_benchmark
-from vla_rl.chunked_env import ChunkedEnv
-from vla_rl.registry import BENCHMARKS
+from vla_rl.core.benchmark import EnvConfig, check_disjoint, get_benchmark
+from vla_rl.core.registry import BENCHMARKS
+from vla_rl.rollout.chunked_env import ChunkedEnv
 
 HAS_LIBERO = importlib.util.find_spec("libero") is not None
 
@@ -121,7 +121,7 @@ def test_metaworld_chunk_stops_at_success_with_the_scripted_expert():
 
 
 def test_task_sets_and_unknown_names():
-    from vla_rl.registry import UnknownNameError
+    from vla_rl.core.registry import UnknownNameError
 
     bench = get_benchmark("metaworld")
     assert len(bench.resolve_task_names(["MT10"])) == 10

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vla_rl.benchmark import EnvConfig, get_benchmark
-from vla_rl.policy import load_policy
+from vla_rl.core.benchmark import EnvConfig, get_benchmark
+from vla_rl.core.policy import load_policy
 
 
 @pytest.mark.parametrize(
@@ -13,7 +13,7 @@ from vla_rl.policy import load_policy
     [("metaworld-flow", "flow", 8), ("metaworld-tokenvla", "tokenvla", 4)],
 )
 def test_bundled_policy_loads_by_name_and_runs(name, policy_type, chunk):
-    from vla_rl.evaluation import evaluate
+    from vla_rl.evaluation.protocol import evaluate
 
     bench = get_benchmark("metaworld")
     policy = load_policy(name, bench)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from toy_benchmark import ToyBenchmark
 
-from vla_rl.benchmark import EnvConfig
-from vla_rl.chunked_env import ChunkedEnv
+from vla_rl.core.benchmark import EnvConfig
+from vla_rl.rollout.chunked_env import ChunkedEnv
 
 
 def make(horizon=30, max_steps=None):

@@ -5,10 +5,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from vla_rl.atomic_io import atomic_directory, atomic_write_json
-from vla_rl.config import ConfigError, apply_overrides, load_yaml_config, parse_cli
-from vla_rl.registry import Registry, UnknownNameError, check_choice
-from vla_rl.stats import wilson_interval
+from vla_rl.core.config import ConfigError, apply_overrides, load_yaml_config, parse_cli
+from vla_rl.core.registry import Registry, UnknownNameError, check_choice
+from vla_rl.evaluation.stats import wilson_interval
+from vla_rl.io.atomic import atomic_directory, atomic_write_json
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_registry_is_lazy_and_lists_choices():
 def test_core_registries_resolve_without_importing_adapters_first():
     import sys
 
-    from vla_rl.registry import BENCHMARKS, POLICIES
+    from vla_rl.core.registry import BENCHMARKS, POLICIES
 
     assert "metaworld" in BENCHMARKS.names() and "libero_spatial" in BENCHMARKS.names()
     assert "scripted" in POLICIES.names()

@@ -6,10 +6,10 @@ import pytest
 from toy_benchmark import ToyBenchmark
 from toy_policies import GreedyToyPolicy
 
-from vla_rl.benchmark import EnvConfig, EpisodeSpec
 from vla_rl.cli import main
-from vla_rl.evaluation import evaluate, format_table, summarize
-from vla_rl.rollout import EpisodeRecord
+from vla_rl.core.benchmark import EnvConfig, EpisodeSpec
+from vla_rl.core.trajectories import EpisodeRecord
+from vla_rl.evaluation.protocol import evaluate, format_table, summarize
 
 
 def test_summarize_by_hand():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from vla_rl.core.policy import load_policy
+from vla_rl.core.types import ActionSample
 from vla_rl.policies.flow_chunk import FlowChunkPolicy, gaussian_log_prob
 from vla_rl.policies.obs_encoder import InstructionTokenizer
-from vla_rl.policy import load_policy
-from vla_rl.types import ActionSample
 
 INSTRUCTIONS = ["reach the goal", "push the puck to the goal"]
 
@@ -138,8 +138,8 @@ def test_unused_sample_fields_are_not_needed_for_log_prob():
 def test_runs_in_the_rollout_engine_and_the_eval_protocol():
     from toy_benchmark import ToyBenchmark
 
-    from vla_rl.benchmark import EnvConfig
-    from vla_rl.evaluation import evaluate
+    from vla_rl.core.benchmark import EnvConfig
+    from vla_rl.evaluation.protocol import evaluate
 
     bench = ToyBenchmark(horizon=12)
     vocab = InstructionTokenizer.train([t.instruction for t in bench.tasks("eval")]).vocab

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vla_rl.lerobot_dataset import Episode, LeRobotDataset, write_dataset
+from vla_rl.data.lerobot_dataset import Episode, LeRobotDataset, write_dataset
 
 
 def make_episode(t, task, seed, cams=("front",)):
@@ -105,8 +105,8 @@ def test_reader_errors_are_clear(tmp_path):
 
 
 def test_collect_writes_train_split_demos_that_replay_to_success(tmp_path):
-    from vla_rl.benchmark import EnvConfig, get_benchmark
     from vla_rl.cli import main
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
 
     out = tmp_path / "demos"
     code = main(["collect", "--output", str(out), "--tasks", "reach-v3", "--episodes", "2",
@@ -145,7 +145,7 @@ def test_collect_with_nothing_to_keep_writes_nothing(tmp_path, capsys):
 
 def test_pretrain_runs_checkpoints_and_resumes(tmp_path):
     from vla_rl.cli import main
-    from vla_rl.policy import load_policy
+    from vla_rl.core.policy import load_policy
 
     data = tmp_path / "demos"
     assert main(["collect", "--output", str(data), "--tasks", "reach-v3", "--episodes", "2",
@@ -158,6 +158,8 @@ def test_pretrain_runs_checkpoints_and_resumes(tmp_path):
     assert main([*args, "--steps", "20"]) == 0
     first = json.loads((run / "checkpoint/state.json").read_text())
     assert first["step"] == 20 and len(first["curve"]) == 1
+    files = {p.name for p in (run / "checkpoint").iterdir()}  # safetensors + JSON, no pickle
+    assert {"tensors.safetensors", "tree.json", "policy"} <= files and "trainer.pt" not in files
     # a second invocation with --resume continues from step 20 instead of starting over
     assert main([*args, "--steps", "40", "--resume"]) == 0
     results = json.loads((run / "results.json").read_text())
@@ -185,7 +187,7 @@ def test_pretrain_bad_input(tmp_path, capsys):
                                                         ("diffusion", [], 8)])  # fmt: skip
 def test_pretrain_other_families(tmp_path, family, extra, chunk):
     from vla_rl.cli import main
-    from vla_rl.policy import load_policy
+    from vla_rl.core.policy import load_policy
 
     data = tmp_path / "demos"
     assert main(["collect", "--output", str(data), "--tasks", "reach-v3", "--episodes", "1",

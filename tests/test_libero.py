@@ -37,8 +37,8 @@ def placement_task(bench):
 
 @pytest.mark.parametrize("suite", SUITES)
 def test_success_predicate_becomes_true_when_objects_are_placed(suite):
-    from vla_rl.benchmark import EnvConfig, get_benchmark
     from vla_rl.benchmarks.libero import HORIZONS, NOOP_ACTION
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
 
     bench = get_benchmark(suite)
     name, goals = placement_task(bench)
@@ -69,7 +69,7 @@ def test_success_predicate_becomes_true_when_objects_are_placed(suite):
 
 
 def test_images_from_both_cameras():
-    from vla_rl.benchmark import EnvConfig, get_benchmark
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
 
     bench = get_benchmark("libero_spatial")
     task = bench.tasks("eval")[0]
@@ -83,7 +83,7 @@ def test_images_from_both_cameras():
 
 
 def test_train_and_eval_init_states_are_disjoint():
-    from vla_rl.benchmark import check_disjoint, get_benchmark
+    from vla_rl.core.benchmark import check_disjoint, get_benchmark
 
     bench = get_benchmark("libero_goal")
     train, eval_ = bench.tasks("train"), bench.tasks("eval")

@@ -7,7 +7,7 @@ import pytest
 
 h5py = pytest.importorskip("h5py", reason="h5py not installed (pip install -e '.[test]')")
 
-from vla_rl.libero_hdf5 import read_libero_hdf5  # noqa: E402
+from vla_rl.data.libero_hdf5 import read_libero_hdf5  # noqa: E402
 
 
 def write_tiny_libero_file(path, lengths=(4, 3), size=8):
@@ -59,7 +59,7 @@ def test_reads_demos_with_state_actions_and_upright_images(tmp_path):
 
 
 def test_round_trips_into_a_lerobot_dataset(tmp_path):
-    from vla_rl.lerobot_dataset import LeRobotDataset, write_dataset
+    from vla_rl.data.lerobot_dataset import LeRobotDataset, write_dataset
 
     episodes = read_libero_hdf5(write_tiny_libero_file(tmp_path / "demo.hdf5", size=16))
     write_dataset(tmp_path / "ds", episodes, fps=20, robot_type="libero")

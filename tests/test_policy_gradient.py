@@ -11,16 +11,16 @@ import pytest
 import torch
 from toy_benchmark import ToyBenchmark
 
-from vla_rl.advantages import gae, group_advantages, groups_with_contrast
-from vla_rl.benchmark import EnvConfig, group_episodes
-from vla_rl.methods.policy_gradient import PolicyGradientConfig, policy_update
+from vla_rl.core.benchmark import EnvConfig, group_episodes
+from vla_rl.core.trajectories import Trajectories
+from vla_rl.methods.on_policy import PolicyGradientConfig, policy_update
 from vla_rl.policies.diffusion_chunk import DiffusionChunkPolicy
 from vla_rl.policies.flow_chunk import FlowChunkPolicy
 from vla_rl.policies.gaussian_chain import standard_normal_log_prob
 from vla_rl.policies.token_vla import TokenVLAPolicy
-from vla_rl.policy_loss import clipped_surrogate, k3_kl, masked_mean, reduce_terms
-from vla_rl.rollout import RolloutEngine
-from vla_rl.trajectories import Trajectories
+from vla_rl.rl.advantages import gae, group_advantages, groups_with_contrast
+from vla_rl.rl.losses import clipped_surrogate, k3_kl, masked_mean, reduce_terms
+from vla_rl.rollout.engine import RolloutEngine
 
 VOCAB = ["<pad>", "<unk>", "move", "to", "the", "left", "right"]
 
@@ -179,8 +179,8 @@ def test_zero_advantages_leave_the_policy_unchanged():
 
 
 def test_lora_update_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path):
-    from vla_rl.lora import add_lora, merge_lora
-    from vla_rl.policy import load_policy
+    from vla_rl.core.policy import load_policy
+    from vla_rl.rl.lora import add_lora, merge_lora
 
     policy = tiny_flow()
     traj = toy_trajectories(policy)
@@ -209,8 +209,8 @@ def test_lora_update_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path
 # ---- end to end: each method on one Meta-World task -----------------------------------------
 @pytest.mark.parametrize("method", ["ppo", "grpo", "srpo"])
 def test_finetune_end_to_end(tmp_path, method):
-    from vla_rl.finetune import FinetuneConfig, finetune
-    from vla_rl.policy import load_policy
+    from vla_rl.commands.finetune import FinetuneConfig, finetune
+    from vla_rl.core.policy import load_policy
 
     run = tmp_path / "run"
     cfg = FinetuneConfig(
@@ -229,7 +229,7 @@ def test_finetune_end_to_end(tmp_path, method):
     else:
         mcfg.group_size = 4
     if method == "srpo":
-        mcfg.frames, mcfg.frame_size = 4, 32
+        mcfg.progress.frames, mcfg.progress.frame_size = 4, 32
     res = finetune(cfg)
     saved = json.loads((run / "results.json").read_text())
     assert saved["method"] == method and saved["env_steps"] >= 700 and saved["rl_steps"] >= 2
@@ -250,8 +250,8 @@ def test_finetune_end_to_end(tmp_path, method):
 
 
 def test_finetune_rejects_bad_settings(tmp_path):
-    from vla_rl.config import ConfigError
-    from vla_rl.finetune import FinetuneConfig, finetune
+    from vla_rl.commands.finetune import FinetuneConfig, finetune
+    from vla_rl.core.config import ConfigError
 
     cfg = FinetuneConfig(method="grpo", output_dir=str(tmp_path / "r"), logger="none")
     cfg.grpo.group_size = 1
@@ -262,7 +262,7 @@ def test_finetune_rejects_bad_settings(tmp_path):
     with pytest.raises(ConfigError, match="sum, mean, token"):
         finetune(cfg)
     cfg = FinetuneConfig(method="srpo", output_dir=str(tmp_path / "r"), logger="none")
-    cfg.srpo.reward.normalization = "zscore"
+    cfg.srpo.progress.normalization = "zscore"
     with pytest.raises(ValueError, match="minmax, rank"):
         finetune(cfg)
     cfg = FinetuneConfig(method="srpo", base="scripted", output_dir=str(tmp_path / "r"))

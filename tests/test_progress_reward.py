@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from vla_rl.progress_reward import (
+from vla_rl.rewards.encoders import frames_to_pixels, pool, uniform_indices
+from vla_rl.rewards.srpo_progress import (
     ProgressRewardConfig,
     dbscan,
     normalize_distances,
     progress_rewards,
     success_centres,
 )
-from vla_rl.trajectory_encoders import frames_to_pixels, pool, uniform_indices
 
 
 def test_dbscan_by_hand():
@@ -72,7 +72,7 @@ def test_uniform_frame_indices_and_pooling():
 
 
 def test_efficientnet_encoder_has_real_weights_and_embeds_videos():
-    from vla_rl.trajectory_encoders import EfficientNetEncoder
+    from vla_rl.rewards.encoders import EfficientNetEncoder
 
     enc = EfficientNetEncoder(frames=3, image_size=64)
     rng = np.random.default_rng(0)
@@ -88,7 +88,7 @@ def test_vjepa2_encoder_loads_a_local_checkpoint(tmp_path):
     """A tiny random V-JEPA 2 saved in transformers' format, loaded by path as a real one is."""
     from transformers import VJEPA2Config, VJEPA2Model
 
-    from vla_rl.trajectory_encoders import VJEPA2Encoder
+    from vla_rl.rewards.encoders import VJEPA2Encoder
 
     cfg = VJEPA2Config(crop_size=32, frames_per_clip=4, tubelet_size=2, patch_size=16,
                        hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -106,7 +106,7 @@ def test_vjepa2_encoder_loads_a_local_checkpoint(tmp_path):
 
 
 def test_spearman_by_hand():
-    from vla_rl.reward_quality import spearman
+    from vla_rl.rewards.quality import spearman
 
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
     assert spearman(np.array([1, 2, 3]), np.array([9, 4, 1])) == pytest.approx(-1.0)

@@ -9,20 +9,23 @@ import torch
 from toy_benchmark import ToyBenchmark
 from toy_policies import GreedyToyPolicy
 
-from vla_rl.benchmark import EnvConfig, EpisodeSpec
-from vla_rl.methods.residual import (
-    Residual,
-    ResidualConfig,
+from vla_rl.core.benchmark import EnvConfig, EpisodeSpec, random_episode
+from vla_rl.core.policy import load_policy
+from vla_rl.core.slots import SlotEnv, SlotStep, step_slots
+from vla_rl.methods.residual.base_action_queue import BaseActionQueue
+from vla_rl.methods.residual.config import ResidualConfig
+from vla_rl.methods.residual.learner import Residual
+from vla_rl.methods.residual.policy import ResidualPolicy
+from vla_rl.methods.residual.transitions import (
+    SlotEpisodes,
     episode_transitions,
     transition_fields,
 )
 from vla_rl.policies.flow_chunk import FlowChunkPolicy
 from vla_rl.policies.obs_encoder import InstructionTokenizer
-from vla_rl.policy import load_policy
-from vla_rl.replay_buffer import ReplayBuffer, sample_mixed
-from vla_rl.residual_policy import ResidualPolicy
-from vla_rl.returns import n_step_returns
-from vla_rl.rollout import RolloutEngine
+from vla_rl.rl.replay_buffer import ReplayBuffer, sample_mixed
+from vla_rl.rl.returns import n_step_returns
+from vla_rl.rollout.engine import RolloutEngine
 
 
 def test_n_step_returns_by_hand():
@@ -58,13 +61,21 @@ def test_replay_buffer_ring_and_save_load(tmp_path):
     buf.add({"x": np.arange(3)})
     buf.add({"x": np.arange(3, 7)})  # wraps: rows hold 5, 6, 2, 3, 4
     assert len(buf) == 5 and sorted(buf.data["x"]) == [2, 3, 4, 5, 6]
-    buf.save(tmp_path / "b.npz")
+    buf.save(tmp_path / "b.safetensors")
     other = ReplayBuffer(5, {"x": ((), np.int64)})
-    other.load(tmp_path / "b.npz")
+    other.load(tmp_path / "b.safetensors")
     assert len(other) == 5 and other.cursor == buf.cursor
     np.testing.assert_array_equal(other.data["x"], buf.data["x"])
     with pytest.raises(ValueError):
         buf.add({"y": np.arange(2)})
+    empty = ReplayBuffer(5, {"x": ((2,), np.float32)})  # a checkpoint before any episode ended
+    empty.save(tmp_path / "e.safetensors")
+    empty.load(tmp_path / "e.safetensors")
+    assert len(empty) == 0 and empty.cursor == 0
+    with pytest.raises(ValueError, match="lacks"):
+        ReplayBuffer(5, {"y": ((), np.int64)}).load(tmp_path / "b.safetensors")
+    with pytest.raises(ValueError, match="reserved"):
+        ReplayBuffer(5, {"_cursor": ((), np.int64)})
 
 
 def test_demo_online_sampling_ratio():
@@ -119,6 +130,57 @@ def test_zero_residual_reproduces_the_base_exactly():
         base_actions = np.concatenate([s.actions[0].numpy() for s in a.samples])[: a.env_steps]
         res_actions = np.concatenate([s.actions[0].numpy() for s in b.samples])
         np.testing.assert_array_equal(base_actions.clip(-1, 1), res_actions)
+
+
+def test_base_action_queue_is_a_slot_env():
+    """The queue satisfies the SlotEnv protocol itself, forwarding what it does not change, and
+    has no catch-all passthrough (a member outside the protocol is an AttributeError)."""
+    bench = ToyBenchmark(horizon=10)
+    venv = bench.make_env(bench.tasks("train"), EnvConfig(num_envs=2, num_workers=0))
+    queue = BaseActionQueue(venv, GreedyToyPolicy(chunk_size=3))
+    try:
+        assert isinstance(queue, SlotEnv)
+        assert queue.num_envs == 2 and queue.single_action_space == venv.single_action_space
+        episodes = [EpisodeSpec(t, t.init_ids[0]) for t in bench.tasks("train")]
+        queue.reset_slots([0, 1], episodes)
+        assert queue.episodes == venv.episodes == episodes
+        obs = queue.observe([0, 1])
+        assert obs["base_action"].shape == (2, 1) and queue.base_calls == 1
+        results = step_slots(queue, [0, 1], obs["base_action"][:, None])
+        assert [r.steps for r in results] == [1, 1] and [len(q) for q in queue.queues] == [2, 2]
+        with pytest.raises(AttributeError):
+            queue.step  # noqa: B018  (gym's step is not part of the protocol)
+    finally:
+        queue.close()
+
+
+def test_random_episode_draws_the_task_then_its_initial_state():
+    tasks = ToyBenchmark().tasks("train")
+    draws = np.random.default_rng(7)
+    task = tasks[int(draws.integers(len(tasks)))]
+    expected = EpisodeSpec(task, int(task.init_ids[int(draws.integers(len(task.init_ids)))]))
+    rng = np.random.default_rng(7)
+    assert random_episode(tasks, rng) == expected
+    assert rng.bit_generator.state == draws.bit_generator.state  # exactly two draws
+
+
+def test_slot_episodes_turn_finished_episodes_into_transitions():
+    policy = make_residual(GreedyToyPolicy())
+    store = SlotEpisodes(policy, 2, n_step=2, gamma=0.5)
+    step = lambda term, trunc: SlotStep({}, np.zeros(1), 1, term, trunc, term, None)  # noqa: E731
+    obs = [{"state": np.full((2, 2), float(t), np.float32), "task": ["left", "right"],
+            "base_action": np.full((2, 1), 0.1 * t, np.float32)} for t in range(3)]  # fmt: skip
+    units = [torch.full((2, 1), 0.5 * t) for t in range(3)]
+    assert store.record(obs[0], units[0], units[0], [step(False, False)] * 2, obs[1]) == []
+    done = store.record(obs[1], units[1], units[1], [step(True, False), step(False, False)],
+                        obs[2])  # fmt: skip
+    assert [(f.slot, f.success) for f in done] == [(0, True)]
+    rows = done[0].transitions
+    np.testing.assert_array_equal(rows["state"][:, 0], [0, 1])
+    np.testing.assert_allclose(rows["ret"], [0.5, 1.0])  # reward 1 on the last step
+    np.testing.assert_allclose(rows["discount"], [0, 0])  # success: no bootstrap
+    assert (rows["task"] == 0).all() and set(rows) == set(transition_fields(2, 1))
+    assert len(store.episodes[0].states) == 0 and len(store.episodes[1].states) == 2
 
 
 def test_residual_policy_needs_the_base_action_queue():
@@ -205,7 +267,7 @@ def test_transition_fields_match_episode_transitions():
 def test_finetune_end_to_end_and_resume(tmp_path):
     """A few hundred env steps of residual RL on one Meta-World task: results, curve, policy
     loadable by eval; then --resume continues the run from its checkpoint."""
-    from vla_rl.finetune import FinetuneConfig, finetune
+    from vla_rl.commands.finetune import FinetuneConfig, finetune
 
     run = tmp_path / "run"
     cfg = FinetuneConfig(
@@ -225,6 +287,9 @@ def test_finetune_end_to_end_and_resume(tmp_path):
     assert (run / "learning_curve.png").is_file() and (run / "metrics.jsonl").is_file()
     policy = load_policy(res["policy_dir"])
     assert isinstance(policy, ResidualPolicy) and policy.state_std.min() > 0
+    files = {p.name for p in (run / "checkpoint").iterdir()}  # safetensors + JSON, no pickle
+    assert {"tensors.safetensors", "tree.json", "state.json", "policy",
+            "online_buffer.safetensors"} <= files and "learner.pt" not in files  # fmt: skip
     # Resume to 480 steps: the run continues from the checkpoint, not from scratch.
     cfg.env_steps, cfg.resume = 480, True
     res2 = finetune(cfg)

@@ -6,9 +6,9 @@ import torch
 from toy_benchmark import ToyBenchmark
 from toy_policies import GreedyToyPolicy
 
-from vla_rl.benchmark import EnvConfig, EpisodeSpec, first_episodes, group_episodes
-from vla_rl.rollout import RolloutEngine
-from vla_rl.trajectories import Trajectories
+from vla_rl.core.benchmark import EnvConfig, EpisodeSpec, first_episodes, group_episodes
+from vla_rl.core.trajectories import Trajectories
+from vla_rl.rollout.engine import RolloutEngine
 
 
 def run(policy, episodes, num_envs=3, num_workers=0, main_envs=0, **kwargs):
@@ -120,14 +120,14 @@ def test_standard_vector_env_api_steps_every_slot():
 
 
 def test_benchmark_refuses_foreign_tasks():
-    from vla_rl.benchmark import get_benchmark
+    from vla_rl.core.benchmark import get_benchmark
 
     with pytest.raises(ValueError, match="cannot run on benchmark"):
         get_benchmark("metaworld").make_env(ToyBenchmark().tasks("eval"))
 
 
 def test_a_dead_worker_gives_a_clear_error():
-    from vla_rl.vector_env import WorkerError
+    from vla_rl.rollout.local import WorkerError
 
     bench = ToyBenchmark()
     tasks = bench.tasks("eval")

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from vla_rl.cfn import CFNConfig, CoinFlipNetwork, coin_flips, train_cfn
 from vla_rl.cli import main
-from vla_rl.lerobot_dataset import Episode, write_dataset
+from vla_rl.core.policy import naive_candidates
+from vla_rl.core.types import index_obs
+from vla_rl.data.lerobot_dataset import Episode, write_dataset
+from vla_rl.methods.taco.cfn import CFNConfig, CoinFlipNetwork, coin_flips, train_cfn
+from vla_rl.methods.taco.rerank import RerankPolicy, draw_candidates, select_best
 from vla_rl.policies.diffusion_chunk import DiffusionChunkPolicy
 from vla_rl.policies.flow_chunk import FlowChunkPolicy
 from vla_rl.policies.obs_encoder import InstructionTokenizer
 from vla_rl.policies.token_vla import TokenVLAPolicy
-from vla_rl.policy import naive_candidates
-from vla_rl.rerank import RerankPolicy, draw_candidates, select_best
-from vla_rl.types import index_obs
 
 INSTRUCTIONS = ["reach the goal", "push the puck to the goal"]
 VOCAB = InstructionTokenizer.train(INSTRUCTIONS).vocab
@@ -189,7 +189,7 @@ def test_token_candidates_are_sampled_even_when_eval_is_deterministic():
 def test_fit_verifier_and_eval_rerank_end_to_end(tmp_path, capsys):
     """A tiny flow policy for Meta-World's reach task, two fake demonstrations, the verifier
     fitted next to the policy, then one TACO-reranked eval episode that records its settings."""
-    from vla_rl.benchmark import get_benchmark
+    from vla_rl.core.benchmark import get_benchmark
 
     bench = get_benchmark("metaworld")
     spec = bench.tasks("eval", ["reach-v3"])[0]
@@ -241,7 +241,7 @@ def test_rerank_bad_input_names_the_choices(tmp_path, capsys):
 
 
 def test_success_bars_plot(tmp_path):
-    from vla_rl.plots import plot_success_bars
+    from vla_rl.runs.plots import plot_success_bars
 
     run = {"success_rate": 0.4, "success_ci95": [0.3, 0.5]}
     plot_success_bars({"flow": {"none": run, "taco K=4": run}}, tmp_path / "bars.png", "t")

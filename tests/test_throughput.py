@@ -4,14 +4,14 @@ from dataclasses import replace
 
 from toy_benchmark import ToyBenchmark
 
-from vla_rl.benchmark import EnvConfig
-from vla_rl.throughput import (
+from vla_rl.commands.bench import (
     BenchConfig,
     measure_engine,
     measure_raw,
     measure_sequential,
     simulator_processes,
 )
+from vla_rl.core.benchmark import EnvConfig
 
 
 def test_three_modes_count_env_steps():
@@ -36,7 +36,7 @@ def test_raw_baseline_gets_the_engines_process_count():
 def test_policy_bench_runs_the_same_episodes_both_ways(tmp_path):
     import json
 
-    from vla_rl.policy_bench import PolicyBenchConfig, run_policy_bench
+    from vla_rl.commands.bench_policy import PolicyBenchConfig, run_policy_bench
 
     cfg = PolicyBenchConfig(
         policy="zero", tasks=("reach-v3",), episodes=2, batch_sizes=(1, 4), latency_calls=2,
@@ -51,7 +51,7 @@ def test_policy_bench_runs_the_same_episodes_both_ways(tmp_path):
 
 
 def test_policy_bench_times_reranking_against_one_sample_and_naive_batching():
-    from vla_rl.policy_bench import PolicyBenchConfig, run_policy_bench
+    from vla_rl.commands.bench_policy import PolicyBenchConfig, run_policy_bench
 
     cfg = PolicyBenchConfig(
         policy="metaworld-flow", tasks=("reach-v3",), episodes=0, batch_sizes=(1,),

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from vla_rl.core.policy import load_policy
 from vla_rl.policies.diffusion_chunk import DiffusionChunkPolicy
 from vla_rl.policies.obs_encoder import InstructionTokenizer
 from vla_rl.policies.token_vla import NUM_BINS, ActionTokenizer, TokenVLAPolicy
-from vla_rl.policy import load_policy
 
 INSTRUCTIONS = ["reach the goal", "push the puck to the goal"]
 VOCAB = InstructionTokenizer.train(INSTRUCTIONS).vocab

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from vla_rl.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+from vla_rl.core.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+from vla_rl.rollout.batched import BatchedSlotEnv
 
 TARGETS = {"left": -0.5, "right": 0.5}
 
@@ -88,3 +89,46 @@ class ToyEnv(gym.Env):
         frame = np.zeros((8, 8, 3), dtype=np.uint8)
         frame[:, int((self.pos + 1) * 3.5) % 8] = 255
         return frame
+
+
+class ToyBatchedEnv(BatchedSlotEnv):
+    """ToyEnv's dynamics for all B slots in one numpy call per env step (the shape of a batched
+    world model): the same episodes give the same observations, rewards and ends as ToyEnv."""
+
+    def __init__(self, num_envs: int, cfg: EnvConfig):
+        super().__init__(num_envs, gym.spaces.Box(-1.0, 1.0, (1,), np.float32), cfg.max_steps)
+        self.pos = np.zeros(num_envs)
+        self.target = np.zeros(num_envs)
+        self.batch_calls = 0  # step_batch calls (one per env step of all running slots)
+
+    def _state_obs(self, slots):
+        idx = list(slots)
+        return {"state": np.stack([self.pos[idx], self.target[idx]], 1).astype(np.float32)}
+
+    def reset_batch(self, slots, episodes):
+        for slot, ep in zip(slots, episodes):
+            self.target[slot] = TARGETS[ep.task.name]
+            self.pos[slot] = float(np.random.default_rng(ep.init_id).uniform(-1, 1))
+        return self._state_obs(slots)
+
+    def step_batch(self, slots, actions):
+        self.batch_calls += 1
+        idx = list(slots)
+        # float64 as ToyEnv's Python floats; the same operations in the same order.
+        self.pos[idx] += 0.1 * np.clip(actions[:, 0], -1, 1).astype(np.float64)
+        gap = np.abs(self.pos[idx] - self.target[idx])
+        return self._state_obs(slots), -gap, gap < 0.05
+
+    def render_batch(self, slots):
+        frames = np.zeros((len(slots), 8, 8, 3), dtype=np.uint8)
+        for j, slot in enumerate(slots):
+            frames[j, :, int((self.pos[slot] + 1) * 3.5) % 8] = 255
+        return frames
+
+
+class ToyBatchedBenchmark(ToyBenchmark):
+    """The toy benchmark with its slots stepped in-process by one batched object."""
+
+    def make_env(self, tasks, cfg=None):
+        cfg = cfg or EnvConfig()
+        return ToyBatchedEnv(cfg.num_envs, cfg)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from vla_rl.policy import BasePolicy
-from vla_rl.types import ActionSample
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.types import ActionSample
 
 
 class GreedyToyPolicy(BasePolicy):

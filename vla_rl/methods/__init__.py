@@ -1,1 +1,2 @@
-"""RL methods, one file each; `vla_rl.registry.METHODS` maps `--method` names to their `train`."""
+"""RL methods, one file (or folder) each; `vla_rl.core.registry.METHODS` maps `--method` names
+to their `train(run_cfg, method_cfg)`."""

@@ -1,13 +1,14 @@
 """`--method grpo`: group-relative policy optimisation (SimpleVLA-RL; SRPO's objective, §1.3).
 
 Each RL step draws initial states of the train split and runs K = group_size rollouts from
-each. A rollout's score (here its 0/1 success) is normalised within its group,
+each. A rollout's score g_i, the total of its reward (`--grpo.reward`: its 0/1 success by
+default; srpo_progress gives SRPO), is normalised within its group,
     A_i = (g_i - mean_G g) / (std_G g + 1e-6),
 and that one number is every decision step's advantage in rollout i. Groups whose success rate
 lies outside [filter_low, filter_high] carry no contrast and are dropped (DAPO's dynamic
 sampling; the fraction kept is logged). The loss is the clipped surrogate with clip-higher
 (0.2 / 0.28) and dual clip, averaged over every kept action-token (or chain part) ratio.
-No critic. `srpo` is this method with a different score for failed rollouts.
+No critic. `srpo` is this method with the srpo_progress reward selected (vla_rl/methods/srpo.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import torch
-
-from vla_rl.advantages import group_advantages, groups_with_contrast
-from vla_rl.benchmark import group_episodes
-from vla_rl.config import ConfigError
-from vla_rl.methods.policy_gradient import OnPolicyMethod, PolicyGradientConfig, train_on_policy
-from vla_rl.trajectories import Trajectories
+from vla_rl.core.benchmark import group_episodes
+from vla_rl.core.config import ConfigError
+from vla_rl.methods.on_policy import OnPolicyMethod, PolicyGradientConfig, train_on_policy
+from vla_rl.rl.advantages import group_advantages, groups_with_contrast
 
 
 @dataclass
@@ -49,8 +46,8 @@ class GRPOConfig(PolicyGradientConfig):
 class GRPO(OnPolicyMethod):
     name = "grpo"
 
-    def __init__(self, cfg, policy, benchmark, tasks):
-        super().__init__(cfg, policy, benchmark, tasks)
+    def __init__(self, pg, policy, benchmark, tasks):
+        super().__init__(pg, policy, benchmark, tasks)
         per_task = self.pg.episodes_per_step // (self.pg.group_size * len(tasks))
         if self.pg.group_size < 2 or per_task < 1:
             raise ConfigError(
@@ -63,14 +60,9 @@ class GRPO(OnPolicyMethod):
     def episodes(self, tasks, rng):
         return group_episodes(tasks, self.states_per_task, self.pg.group_size, rng)
 
-    def scores(
-        self, traj: Trajectories, videos: list[np.ndarray] | None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Each rollout's trajectory-level reward (B,): its success."""
-        return traj.success.float(), {}
-
-    def advantages(self, traj, videos):
-        scores, metrics = self.scores(traj, videos)
+    def advantages(self, traj):
+        scores = self.reward(traj).sum(0)  # (B,) each rollout's total reward
+        metrics = dict(self.reward.metrics)
         keep = groups_with_contrast(traj.success, traj.group, self.pg.filter_low,
                                     self.pg.filter_high)  # fmt: skip
         per_episode = group_advantages(scores, traj.group)
@@ -81,5 +73,5 @@ class GRPO(OnPolicyMethod):
         return adv, keep, metrics
 
 
-def train(cfg) -> dict[str, Any]:
-    return train_on_policy(cfg, GRPO)
+def train(cfg, pg: GRPOConfig) -> dict[str, Any]:
+    return train_on_policy(cfg, pg, GRPO)

@@ -6,7 +6,9 @@ advantage is GAE over decision steps with a separate critic V(s) on the env stat
 critic is a second OpenVLA with an MLP head on its last prompt-token state; on Meta-World's
 39-D state a small MLP sees what it needs). The critic trains alone for the first
 `critic_warmup_steps` RL steps (VLA-RL's value_init_steps) so the first policy updates see
-advantages from a critic that has fitted the base's returns.
+advantages from a critic that has fitted the base's returns. The per-step reward is the
+method's reward models (`--ppo.reward`, sparse success by default; a dense one such as
+srpo_progress or a critic's fits the same slot).
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_rl.advantages import gae
-from vla_rl.methods.policy_gradient import (
+from vla_rl.core.trajectories import Trajectories
+from vla_rl.methods.on_policy import (
     OnPolicyMethod,
     PolicyGradientConfig,
     train_on_policy,
 )
-from vla_rl.rewards import SparseSuccessReward
-from vla_rl.trajectories import Trajectories
+from vla_rl.rl.advantages import gae
+from vla_rl.rl.critics import StateCritic
 
 
 @dataclass
@@ -56,42 +58,13 @@ class PPOConfig(PolicyGradientConfig):
     """Standardise advantages over each step's samples (VLA-RL: False)."""
 
 
-class StateCritic(nn.Module):
-    """V(s): MLP on the standardised state and a one-hot of the task. The state statistics are
-    fitted on the first batch and then fixed (the critic's inputs keep their meaning)."""
-
-    def __init__(self, state_dim: int, tasks: list[str], hidden: int):
-        super().__init__()
-        self.task_index = {t: i for i, t in enumerate(tasks)}
-        self.register_buffer("mean", torch.zeros(state_dim))
-        self.register_buffer("std", torch.ones(state_dim))
-        self.register_buffer("fitted", torch.tensor(False))
-        self.net = nn.Sequential(
-            nn.Linear(state_dim + len(tasks), hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1),
-        )  # fmt: skip
-
-    def fit(self, states: torch.Tensor) -> None:
-        self.mean.copy_(states.mean(0))
-        self.std.copy_(states.std(0).clamp_min(1e-3))
-        self.fitted.fill_(True)
-
-    def forward(self, states: torch.Tensor, tasks: list[str]) -> torch.Tensor:
-        """states (N, Ds), tasks N names -> values (N,)."""
-        onehot = torch.zeros(len(tasks), len(self.task_index))
-        onehot[torch.arange(len(tasks)), [self.task_index[t] for t in tasks]] = 1
-        x = torch.cat([(states - self.mean) / self.std, onehot], -1)
-        return self.net(x).squeeze(-1)
-
-
 class PPO(OnPolicyMethod):
     name = "ppo"
 
-    def __init__(self, cfg, policy, benchmark, tasks):
-        super().__init__(cfg, policy, benchmark, tasks)
+    def __init__(self, pg, policy, benchmark, tasks):
+        super().__init__(pg, policy, benchmark, tasks)
         self.critic = StateCritic(benchmark.state_dim, tasks, self.pg.critic_hidden)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.pg.value_lr)
-        self.reward = SparseSuccessReward()
         self._targets: tuple | None = None
 
     def _values(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +77,7 @@ class PPO(OnPolicyMethod):
             final = self.critic(traj.final_obs["state"].float(), traj.tasks)
         return values, final
 
-    def advantages(self, traj, videos):
+    def advantages(self, traj):
         if not bool(self.critic.fitted):
             self.critic.fit(traj.obs["state"][traj.valid].float())
         rewards = self.reward(traj)
@@ -120,8 +93,9 @@ class PPO(OnPolicyMethod):
         explained = 1 - (returns - values)[traj.valid].var() / returns[traj.valid].var().clamp_min(
             1e-8
         )
-        return adv, keep, {"mean_reward": float(rewards.sum(0).mean()),
-                           "value_explained_var": float(explained)}  # fmt: skip
+        metrics = {"mean_reward": float(rewards.sum(0).mean()),
+                   "value_explained_var": float(explained), **self.reward.metrics}  # fmt: skip
+        return adv, keep, metrics
 
     def updates_policy(self, rl_step: int) -> bool:
         return rl_step >= self.pg.critic_warmup_steps
@@ -158,5 +132,5 @@ class PPO(OnPolicyMethod):
         self.critic_opt.load_state_dict(state["critic_opt"])
 
 
-def train(cfg) -> dict[str, Any]:
-    return train_on_policy(cfg, PPO)
+def train(cfg, pg: PPOConfig) -> dict[str, Any]:
+    return train_on_policy(cfg, pg, PPO)

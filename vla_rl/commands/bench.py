@@ -1,0 +1,216 @@
+"""`vla-rl bench`: rollout throughput, three ways side by side in one run.
+
+  raw:        the simulator alone, B envs split over W processes, stepped with the no-op action
+              in a tight loop (no policy, no messages): the ceiling for W processes.
+  engine:     the rollout engine (ChunkedVectorEnv + RolloutEngine) with B envs in W workers and
+              a trivial policy called once per decision step on the whole batch.
+  sequential: one env and one policy call per env step in a single process: what a plain
+              evaluation loop does.
+
+All three run the same task, the same horizon and the same resets, and count env steps per
+second of wall-clock. Ratios: engine / raw (target >= 0.9) and engine / sequential (on 2 cores
+the physical limit is about 2x).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from vla_rl.core.benchmark import Benchmark, EnvConfig, EpisodeSpec, TaskSpec, get_benchmark
+from vla_rl.core.config import parse_cli, to_dict
+from vla_rl.evaluation.protocol import default_task_selection
+from vla_rl.io.atomic import atomic_write_json
+from vla_rl.io.provenance import provenance
+
+
+@dataclass
+class BenchConfig:
+    """`vla-rl bench`: env steps/s of the rollout engine vs the raw simulator vs a plain loop."""
+
+    benchmark: str = "metaworld"
+    """Benchmark to measure."""
+    task: str | None = None
+    """Task to run (default: the benchmark's first task)."""
+    steps: int = 20000
+    """Env steps per mode (per measurement). Meta-World runs ~1000 steps/s per core."""
+    max_steps: int = 200
+    """Episode horizon for all modes, so resets cost the same everywhere."""
+    chunk_size: int = 1
+    """Ta of the trivial policy in the engine and sequential modes. 1 = a closed-loop policy,
+    the worst case for the engine (one message per env step)."""
+    repeats: int = 3
+    """Rounds of (raw, engine, sequential), interleaved so that slow phases of a noisy VM hit
+    every mode alike; medians are reported."""
+    output: str | None = None
+    """Write the measurements as JSON here (with config, commit and machine)."""
+    env: EnvConfig = field(default_factory=lambda: EnvConfig(video_size=0))
+
+
+def _episodes(task: TaskSpec, n: int) -> list[EpisodeSpec]:
+    return [EpisodeSpec(task, task.init_ids[i % len(task.init_ids)]) for i in range(n)]
+
+
+def _noop(benchmark: Benchmark) -> np.ndarray:
+    return np.asarray(benchmark.noop_action, dtype=np.float32)
+
+
+def _raw_worker(env_fn, episodes, steps, noop, barrier, queue) -> None:
+    envs = [env_fn() for _ in episodes]
+    for env, ep in zip(envs, episodes):  # first reset (and env build) outside the timing
+        env.reset(options={"task": ep.task, "init_id": ep.init_id})
+    barrier.wait()
+    start = time.perf_counter()
+    done = 0
+    while done < steps:
+        for env, ep in zip(envs, episodes):
+            _, _, term, trunc, _ = env.step(noop)
+            done += 1
+            if term or trunc:
+                env.reset(options={"task": ep.task, "init_id": ep.init_id})
+    queue.put((done, time.perf_counter() - start))
+    for env in envs:
+        env.close()
+
+
+def simulator_processes(cfg: EnvConfig) -> int:
+    """Processes that step envs in the engine: the workers, plus the main process when it hosts
+    slots too. The raw baseline gets exactly this many."""
+    workers = min(cfg.num_workers, cfg.num_envs - cfg.main_envs)
+    return max(workers + (1 if cfg.main_envs > 0 or workers == 0 else 0), 1)
+
+
+def measure_raw(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:
+    b, w = cfg.env.num_envs, simulator_processes(cfg.env)
+    env_fn = benchmark.env_factory(cfg.env)
+    eps = _episodes(task, b)
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(w + 1), ctx.Queue()
+    blocks = np.array_split(np.arange(b), w)
+    procs = []
+    for block in blocks:
+        proc = ctx.Process(
+            target=_raw_worker,
+            args=(
+                env_fn,
+                [eps[i] for i in block],
+                cfg.steps // w,
+                _noop(benchmark),
+                barrier,
+                queue,
+            ),
+        )
+        proc.start()
+        procs.append(proc)
+    barrier.wait()
+    results = [queue.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    steps = sum(r[0] for r in results)
+    wall = max(r[1] for r in results)
+    return {"env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall, "processes": w}
+
+
+def measure_engine(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:
+    from vla_rl.policies.trivial import ZeroPolicy
+    from vla_rl.rollout.engine import RolloutEngine
+
+    policy = ZeroPolicy.for_benchmark(benchmark, chunk_size=cfg.chunk_size)
+    venv = benchmark.make_env([task], cfg.env)
+    try:
+        engine = RolloutEngine(venv, cfg.env.pipeline_groups)
+        # Warm-up: build every slot's env and pay first-reset costs outside the timing.
+        engine.run(policy, _episodes(replace(task, max_steps=1), cfg.env.num_envs))
+        n_episodes = max(cfg.steps // task.max_steps, cfg.env.num_envs)
+        engine.run(policy, _episodes(task, n_episodes))
+        stats = engine.last_stats
+    finally:
+        venv.close()
+    return {
+        "env_steps": stats.env_steps,
+        "wall_s": stats.wall_s,
+        "env_steps_per_s": stats.env_steps_per_s,
+        "policy_s": stats.policy_s,
+        "env_wait_s": stats.env_s,
+    }
+
+
+def measure_sequential(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:
+    from vla_rl.policies.trivial import ZeroPolicy
+
+    policy = ZeroPolicy.for_benchmark(benchmark, chunk_size=cfg.chunk_size)
+    env = benchmark.env_factory(cfg.env)()
+    ep = _episodes(task, 1)[0]
+    obs, _ = env.reset(options={"task": ep.task, "init_id": ep.init_id})
+    steps = 0
+    start = time.perf_counter()
+    while steps < cfg.steps // 2:  # half the steps: the single process is the slow one
+        batch = {k: v[None] for k, v in obs.items()}
+        batch.update(instruction=[task.instruction], task=[task.name])
+        chunk = policy.sample_actions(batch).actions[0].numpy()
+        for action in chunk:
+            obs, _, term, trunc, _ = env.step(action)
+            steps += 1
+            if term or trunc:
+                obs, _ = env.reset(options={"task": ep.task, "init_id": ep.init_id})
+                break
+    wall = time.perf_counter() - start
+    env.close()
+    return {"env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall}
+
+
+def run_rollout_bench(cfg: BenchConfig) -> int:
+    import os
+
+    benchmark = get_benchmark(cfg.benchmark)
+    name = cfg.task or default_task_selection(benchmark)[0]
+    task = replace(benchmark.tasks("train", [name])[0], max_steps=cfg.max_steps)
+    print(
+        f"bench {cfg.benchmark}/{name}: B={cfg.env.num_envs} envs, W={cfg.env.num_workers} "
+        f"workers + {cfg.env.main_envs} envs in the main process "
+        f"({simulator_processes(cfg.env)} simulator processes), G={cfg.env.pipeline_groups}, "
+        f"Ta={cfg.chunk_size}, images={cfg.env.images}, {os.cpu_count()} cores"
+    )
+    if cfg.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {cfg.repeats}")
+    modes = (("raw", measure_raw), ("engine", measure_engine), ("sequential", measure_sequential))
+    runs: dict[str, list[dict]] = {mode: [] for mode, _ in modes}
+    for round_ in range(cfg.repeats):
+        for mode, fn in modes:
+            run = fn(benchmark, task, cfg)
+            runs[mode].append(run)
+            print(
+                f"  round {round_ + 1}: {mode:<10} {run['env_steps_per_s']:8.1f} env steps/s "
+                f"({run['env_steps']} steps in {run['wall_s']:.1f} s)",
+                flush=True,
+            )
+    results: dict = {"runs": runs}
+    for mode, _ in modes:
+        results[f"{mode}_steps_per_s"] = float(
+            np.median([r["env_steps_per_s"] for r in runs[mode]])
+        )
+    engine = results["engine_steps_per_s"]
+    results["engine_over_raw"] = engine / results["raw_steps_per_s"]
+    results["engine_over_sequential"] = engine / results["sequential_steps_per_s"]
+    print(
+        f"  medians: raw {results['raw_steps_per_s']:.1f}, engine {engine:.1f}, "
+        f"sequential {results['sequential_steps_per_s']:.1f} env steps/s"
+    )
+    print(f"  engine / raw        = {results['engine_over_raw']:.2f}")
+    print(f"  engine / sequential = {results['engine_over_sequential']:.2f}")
+    if cfg.output:
+        out = {"config": to_dict(cfg), "task": name, "results": results, "provenance": provenance()}
+        atomic_write_json(Path(cfg.output), out)
+        print(f"  written to {cfg.output}")
+    return 0
+
+
+def main(args: list[str]) -> int:
+    from vla_rl.commands.bench import BenchConfig, run_rollout_bench
+
+    cfg = parse_cli(BenchConfig, args, prog="vla-rl bench", description=BenchConfig.__doc__)
+    return run_rollout_bench(cfg)

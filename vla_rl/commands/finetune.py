@@ -1,0 +1,93 @@
+"""`vla-rl finetune`: post-train a base policy with an RL method on a benchmark.
+
+    vla-rl finetune --base metaworld-flow --method residual --benchmark metaworld \
+        --tasks button-press-topdown-v3 --env-steps 10000
+
+The options every method shares are `RunConfig`'s (vla_rl/runs/run.py); each method's own
+hyperparameters are one nested dataclass here, named as the method (`--residual.utd 4`). A method
+is registered in `METHODS` and exposes `train(run_cfg, method_cfg)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vla_rl.core.config import ConfigError, parse_cli
+from vla_rl.core.registry import METHODS
+from vla_rl.evaluation.protocol import format_table
+from vla_rl.methods.grpo import GRPOConfig
+from vla_rl.methods.ppo import PPOConfig
+from vla_rl.methods.residual.config import ResidualConfig
+from vla_rl.methods.srpo import SRPOConfig
+from vla_rl.runs.run import RunConfig, check_run_config
+
+
+@dataclass
+class FinetuneConfig(RunConfig):
+    """`vla-rl finetune`: improve a base policy with RL on a benchmark's train split."""
+
+    residual: ResidualConfig = field(default_factory=ResidualConfig)
+    """Hyperparameters of --method residual."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """Hyperparameters of --method ppo."""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """Hyperparameters of --method grpo."""
+    srpo: SRPOConfig = field(default_factory=SRPOConfig)
+    """Hyperparameters of --method srpo."""
+
+
+def method_config(cfg: FinetuneConfig) -> Any:
+    """The hyperparameters of cfg.method: the field named as the method (a test checks that
+    every registered method has one)."""
+    name = cfg.method.replace("-", "_")
+    METHODS.get(cfg.method)  # an unknown method fails here, naming the valid ones
+    if not hasattr(cfg, name):
+        raise ConfigError(f"method {cfg.method!r} has no settings field --{cfg.method}.*")
+    return getattr(cfg, name)
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    check_run_config(cfg)
+    train = METHODS.get(cfg.method)
+    return train(cfg, method_config(cfg))
+
+
+def rename_legacy_flags(args: list[str], legacy: dict[str, str]) -> list[str]:
+    """Rewrite flags renamed since they were published (`legacy`: old -> new; a key ending in
+    "." renames every flag under it). `--a.b_c` and `--a.b-c`, `--flag value` and
+    `--flag=value` are all recognised."""
+    out = []
+    for arg in args:
+        if arg.startswith("--"):
+            flag, eq, value = arg.partition("=")
+            flag = flag.replace("_", "-")
+            for old, new in legacy.items():
+                if flag == old or (old.endswith(".") and flag.startswith(old)):
+                    arg = new + flag[len(old) :] + eq + value
+                    break
+        out.append(arg)
+    return out
+
+
+def main(args: list[str]) -> int:
+    from vla_rl.methods.srpo import LEGACY_FLAGS
+
+    cfg = parse_cli(FinetuneConfig, rename_legacy_flags(args, LEGACY_FLAGS),
+                    prog="vla-rl finetune", description=FinetuneConfig.__doc__)  # fmt: skip
+    res = finetune(cfg)
+    base = res["base"]
+    print()
+    print(f"{cfg.method} on base {cfg.base}, {cfg.benchmark} eval split")
+    print(format_table(res))
+    (lo, hi), (blo, bhi) = res["success_ci95"], base["success_ci95"]
+    print(
+        f"\nbase {base['success_rate']:.3f} [{blo:.3f}, {bhi:.3f}] -> finetuned "
+        f"{res['success_rate']:.3f} [{lo:.3f}, {hi:.3f}] after {res['env_steps']} env steps "
+        f"({res['train_wall_s']:.0f} s of training)"
+    )
+    run = Path(res["policy_dir"]).parent
+    print(f"results: {run / 'results.json'}; plot: {run / 'learning_curve.png'}; "
+          f"policy: {res['policy_dir']} (vla-rl eval --policy {res['policy_dir']})")  # fmt: skip
+    return 0

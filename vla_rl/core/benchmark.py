@@ -1,0 +1,185 @@
+"""The Benchmark interface: tasks with disjoint train/eval initial states, and env factories."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from vla_rl.core.registry import BACKENDS, UnknownNameError
+from vla_rl.core.slots import SlotEnv
+from vla_rl.core.types import EpisodeSpec, TaskSpec
+
+__all__ = ["Benchmark", "EnvConfig", "EpisodeSpec", "TaskSpec", "SPLITS"]  # specs live in types
+
+SPLITS = ("train", "eval")
+
+
+@dataclass
+class EnvConfig:
+    """How the environments are built and run (shared by every benchmark)."""
+
+    num_envs: int = 8
+    """B: parallel env slots. Default 8: enough envs per worker to amortise inter-process
+    messages on a 2-core machine (measured in docs/RESULTS.md)."""
+    num_workers: int = 2
+    """Worker processes hosting the B envs (0 = step them in the main process). Default 2 = the
+    cores of the reference machine; more processes than cores gave no gain there."""
+    main_envs: int = 0
+    """Slots stepped by the main process itself, in parallel with the workers. 0 by default; on
+    a machine where the main process has a core to spare (see docs/RESULTS.md) it replaces a
+    worker's wake-up latency with useful work."""
+    pipeline_groups: int = 2
+    """G: slot groups the rollout engine alternates between, so env stepping overlaps policy
+    inference and message latency (see RolloutEngine). 1 = one inference batch of all B."""
+    images: bool = False
+    """Render camera images into observations (slow on CPU; state-only by default)."""
+    image_size: int = 128
+    """H = W of rendered camera images. 128 is LIBERO's standard size (LIBERO datasets, OpenVLA)."""
+    fast_render: bool = True
+    """Turn off shadows, reflections and multisampling: 2-10x faster CPU rendering (measured in
+    ../shared/reference/simulators.md) at a small visual cost."""
+    max_steps: int | None = None
+    """Override the benchmark's episode horizon (env steps); None keeps the benchmark's default."""
+    video_size: int = 256
+    """H = W of frames rendered for evaluation videos; 0 renders none (LIBERO then builds no
+    offscreen renderer when images are off, which makes env creation faster)."""
+    backend: str = "local"
+    """Where the per-slot envs run (the BACKENDS registry): local = worker processes on this
+    machine (vla_rl/rollout/local.py). A benchmark that steps all its slots itself (a batched
+    world model) ignores it."""
+
+
+class Benchmark(ABC):
+    """A set of tasks, each with disjoint train and eval initial states, and an env factory."""
+
+    name: str = "benchmark"
+    action_dim: int = 0  # Da
+    state_dim: int = 0  # Ds
+    fps: int = 0  # control steps per second of simulated time (dataset timestamps, videos)
+    camera_names: tuple[str, ...] = ()  # the Ncam cameras of obs["image"], in order
+
+    @property
+    def noop_action(self) -> list[float]:
+        """The action (Da,) that leaves the scene as it is: zeros, unless a benchmark says
+        otherwise (LIBERO keeps its gripper open with -1)."""
+        return [0.0] * self.action_dim
+
+    @abstractmethod
+    def task_names(self) -> list[str]:
+        """Every task of the benchmark, in its canonical order."""
+
+    @abstractmethod
+    def tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskSpec]:
+        """TaskSpecs of `split` ("train" or "eval"), for `names` or all tasks."""
+
+    def task_sets(self) -> dict[str, list[str]]:
+        """Named groups of tasks (e.g. "MT10"), usable wherever task names are."""
+        return {}
+
+    @abstractmethod
+    def env_factory(self, cfg: EnvConfig) -> Callable[[], gym.Env]:
+        """A picklable zero-argument callable that builds one env slot in a worker process.
+
+        The env resets into any task of this benchmark: `reset(options={"task": TaskSpec,
+        "init_id": int})`, and returns dict observations with "state" (Ds,) float32 and, when
+        `cfg.images`, "image" (Ncam, H, W, 3) uint8; `info["success"]` on every step.
+        """
+
+    def make_env(self, tasks: Sequence[TaskSpec], cfg: EnvConfig | None = None) -> SlotEnv:
+        """B = cfg.num_envs env slots able to run any of `tasks` (a `SlotEnv`), hosted by the
+        backend cfg.backend names (local: cfg.num_workers worker processes).
+
+        Every slot can reset into any task of the benchmark (the engine refills slots with
+        whatever episode comes next), so `tasks` only has to belong to this benchmark. A
+        benchmark that steps its slots itself (a batched world model) overrides this and returns
+        its own SlotEnv.
+        """
+        foreign = sorted({t.benchmark for t in tasks} - {self.name})
+        if foreign:
+            raise ValueError(f"tasks of {foreign} cannot run on benchmark {self.name!r}")
+        cfg = cfg or EnvConfig()
+        return BACKENDS.get(cfg.backend)(self.env_factory(cfg), cfg)
+
+    # ---- helpers shared by all benchmarks -----------------------------------------------------
+    def resolve_task_names(self, selectors: Sequence[str] | None) -> list[str]:
+        """Expand task names and set names (e.g. "MT10") into task names, in order, no repeats."""
+        if not selectors:
+            return self.task_names()
+        valid = self.task_names()
+        sets = self.task_sets()
+        out: list[str] = []
+        for sel in selectors:
+            if sel in sets:
+                expanded = sets[sel]
+            elif sel in valid:
+                expanded = [sel]
+            else:
+                shown = valid if len(valid) <= 20 else valid[:20] + [f"... ({len(valid)} tasks)"]
+                raise UnknownNameError(
+                    f"unknown task {sel!r} for benchmark {self.name!r}; valid task sets: "
+                    f"{', '.join(sets) or '(none)'}; valid tasks: {', '.join(shown)} "
+                    "(`vla-rl benchmarks` lists them all)"
+                )
+            out.extend(name for name in expanded if name not in out)
+        return out
+
+
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise UnknownNameError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    return split
+
+
+def check_disjoint(train: Sequence[TaskSpec], eval_: Sequence[TaskSpec]) -> None:
+    """Raise if any task's train and eval initial states overlap."""
+    eval_ids = {(t.name, i) for t in eval_ for i in t.init_ids}
+    overlap = [(t.name, i) for t in train for i in t.init_ids if (t.name, i) in eval_ids]
+    if overlap:
+        raise AssertionError(f"train and eval initial states overlap: {overlap[:5]}")
+
+
+def first_episodes(tasks: Sequence[TaskSpec], episodes_per_task: int) -> list[EpisodeSpec]:
+    """The first `episodes_per_task` init states of each task, in order: the fixed eval protocol
+    on eval tasks, and the fixed demonstration set on train tasks."""
+    out = []
+    for task in tasks:
+        if episodes_per_task > len(task.init_ids):
+            raise ValueError(
+                f"task {task.name!r} has {len(task.init_ids)} {task.split} initial states; "
+                f"asked for {episodes_per_task} episodes (valid: 1..{len(task.init_ids)})"
+            )
+        out.extend(EpisodeSpec(task, i) for i in task.init_ids[:episodes_per_task])
+    return out
+
+
+def group_episodes(
+    tasks: Sequence[TaskSpec], states_per_task: int, group_size: int, rng: np.random.Generator
+) -> list[EpisodeSpec]:
+    """K = `group_size` rollouts from each of `states_per_task` random initial states per task;
+    episodes from the same initial state share a group id (the unit of GRPO advantages)."""
+    out, group = [], 0
+    for task in tasks:
+        ids = rng.choice(len(task.init_ids), size=states_per_task, replace=False)
+        for i in ids:
+            out.extend(EpisodeSpec(task, task.init_ids[int(i)], group) for _ in range(group_size))
+            group += 1
+    return out
+
+
+def random_episode(tasks: Sequence[TaskSpec], rng: np.random.Generator) -> EpisodeSpec:
+    """One training episode drawn uniformly: a task, then one of its initial states (two
+    `rng.integers` draws in that order; the residual and on-policy loops depend on the order for
+    runs that repeat exactly under the same seed)."""
+    task = tasks[int(rng.integers(len(tasks)))]
+    return EpisodeSpec(task, int(task.init_ids[int(rng.integers(len(task.init_ids)))]))
+
+
+def get_benchmark(name: str, **kwargs: Any) -> Benchmark:
+    from vla_rl.core.registry import BENCHMARKS
+
+    return BENCHMARKS.get(name)(**kwargs)

@@ -1,0 +1,90 @@
+"""The env-slot protocol: the interface the rollout engine, evaluation and the methods use to run
+episodes, whatever steps them.
+
+B env slots, each running one episode at a time. The caller decides which episode every slot
+runs next (any task of the benchmark, any initial state), steps any subset of slots one action
+chunk at a time, and is told per slot how the chunk went. Two implementations ship:
+
+* `vla_rl.rollout.local.ChunkedVectorEnv`: one gym env per slot in worker processes (the
+  simulators), `step_async` sends the chunks and returns at once, `step_wait` collects;
+* `vla_rl.rollout.batched.BatchedSlotEnv`: one in-process object that steps all its slots in one
+  batched call (a video world model on a GPU); `step_async` does the work.
+
+A benchmark's `make_env` may return either, or anything else that satisfies `SlotEnv`; a backend
+(`--env.backend`, the BACKENDS registry) decides how a benchmark's per-slot gym envs are hosted.
+Episode-end rules are those of `vla_rl.rollout.chunked_env`: success is sticky and ends the
+episode with `terminated`; the horizon ends it with `truncated`; there is no autoreset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+
+from vla_rl.core.types import EpisodeSpec, Observation
+
+
+@dataclass
+class SlotStep:
+    """What one slot reports after executing one chunk."""
+
+    obs: dict[str, np.ndarray]  # the observation after the chunk (state (Ds,), image, ...)
+    rewards: np.ndarray  # (steps,) the env's reward per executed env step
+    steps: int  # env steps executed (1..Ta; fewer when the episode ended inside the chunk)
+    terminated: bool  # reached success (terminal state: no bootstrap)
+    truncated: bool  # hit the horizon (not terminal: value methods bootstrap)
+    success: bool
+    frames: list[np.ndarray] | None  # video frames (H, W, 3) rendered during the chunk
+
+
+@runtime_checkable
+class SlotEnv(Protocol):
+    """B slots that reset into given episodes and step one chunk at a time, asynchronously."""
+
+    num_envs: int
+    """B, the number of slots."""
+    single_action_space: gym.spaces.Box
+    """One env step's action space (Da,), in env units."""
+    episodes: list[EpisodeSpec | None]
+    """The episode each slot is running (None before its first reset)."""
+
+    def reset_slots(
+        self,
+        slots: Sequence[int],
+        episodes: Sequence[EpisodeSpec],
+        record: Sequence[bool | str] | None = None,
+    ) -> list[list[np.ndarray] | None]:
+        """Reset each of `slots` into the matching episode. record, per slot: False, True (a
+        video frame per env step) or "chunk" (one per chunk). Returns the first frames (or None)
+        per slot."""
+        ...
+
+    def observe(self, slots: Sequence[int]) -> Observation:
+        """The current observation batch of `slots` (B' rows), with "instruction" and "task"."""
+        ...
+
+    def step_async(self, slots: Sequence[int], chunks: np.ndarray) -> Any:
+        """Start executing one chunk (Ta, Da) per slot; chunks is (len(slots), Ta, Da). Returns a
+        handle for `step_wait`; the caller may do other work (infer other slots) meanwhile."""
+        ...
+
+    def step_wait(self, handle: Any) -> list[SlotStep]:
+        """The results of a `step_async`, in the order of its slots."""
+        ...
+
+    def call(self, name: str, *args: Any) -> list[Any]:
+        """Call a method of every slot's underlying env; results in slot order (diagnostics)."""
+        ...
+
+    def close(self) -> None:
+        """Release workers, renderers and devices; idempotent."""
+        ...
+
+
+def step_slots(env: SlotEnv, slots: Sequence[int], chunks: np.ndarray) -> list[SlotStep]:
+    """Execute one chunk per slot and wait for the results (the synchronous form)."""
+    return env.step_wait(env.step_async(slots, chunks))

