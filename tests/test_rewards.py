@@ -157,3 +157,14 @@ def test_reward_flags_parse_on_every_on_policy_method():
     assert cfg.ppo.reward == ("success", "srpo_progress")
     assert cfg.ppo.reward_weights == (1.0, 0.5)
     assert np.isclose(cfg.grpo.progress.cap, 0.6)  # the released SRPO default, on grpo too
+
+
+def test_a_bad_old_style_srpo_flag_exits_2_before_anything_is_written(tmp_path, capsys):
+    from vla_rl.cli import main
+
+    run = tmp_path / "run"
+    code = main(["finetune", "--method", "srpo", "--srpo.reward.cap", "2",
+                 "--output-dir", str(run)])  # fmt: skip
+    assert code == 2 and not run.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cap must be in (0, 1)" in err[0]

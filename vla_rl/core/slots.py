@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-from vla_rl.core.types import EpisodeSpec, Observation
+from vla_rl.core.types import EpisodeSpec, Observation, stack_obs
 
 
 @dataclass
@@ -88,3 +88,19 @@ class SlotEnv(Protocol):
 def step_slots(env: SlotEnv, slots: Sequence[int], chunks: np.ndarray) -> list[SlotStep]:
     """Execute one chunk per slot and wait for the results (the synchronous form)."""
     return env.step_wait(env.step_async(slots, chunks))
+
+
+def slot_observations(
+    slots: Sequence[int],
+    episodes: Sequence[EpisodeSpec | None],
+    last_obs: Sequence[dict[str, np.ndarray] | None],
+) -> Observation:
+    """`observe` for an implementation that keeps each slot's episode and last observation:
+    the batch of `slots` (B' rows) with each episode's instruction and task name."""
+    items = []
+    for slot in slots:
+        episode, obs = episodes[slot], last_obs[slot]
+        if episode is None or obs is None:
+            raise RuntimeError(f"slot {slot} has not been reset")
+        items.append(dict(obs, instruction=episode.task.instruction, task=episode.task.name))
+    return stack_obs(items)

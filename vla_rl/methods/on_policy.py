@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vla_rl.core.benchmark import Benchmark, EpisodeSpec, TaskSpec, random_episode
 from vla_rl.core.config import ConfigError, to_dict
@@ -42,8 +40,14 @@ from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
 from vla_rl.rollout.engine import RolloutEngine
 from vla_rl.runs.checkpoint import save_checkpoint
 from vla_rl.runs.metrics import MetricsLogger
-from vla_rl.runs.plots import plot_learning_curve
-from vla_rl.runs.run import RunConfig, eval_point, final_results, setup_run
+from vla_rl.runs.run import (
+    EvalSchedule,
+    RunConfig,
+    finish_run,
+    record_eval_point,
+    setup_run,
+    training_bar,
+)
 
 
 @dataclass
@@ -288,18 +292,10 @@ def train_on_policy(
     venv = policy.wrap_env(benchmark.make_env(train_tasks, rollout_env))
     engine = RolloutEngine(venv, rollout_env.pipeline_groups)
 
-    def evaluate_now() -> None:
-        point = eval_point(policy, benchmark, cfg, names, state)
-        point["rl_steps"] = state["rl_steps"]
-        state["curve"].append(point)
-        logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
-
-    if not state["curve"]:
-        evaluate_now()  # before any update: the base's own success
-    bar = tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=0.3,
-               desc=f"{name} {','.join(names)[:40]}", disable=not cfg.progress,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
-    last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+    if not state["curve"]:  # before any update: the base's own success
+        record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
+    bar = training_bar(cfg, state, f"{name} {','.join(names)}", smoothing=0.3)
+    evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     try:
         while state["env_steps"] < cfg.env_steps:
             # -- rollout ------------------------------------------------------------------
@@ -340,9 +336,8 @@ def train_on_policy(
 
             # -- evaluate and checkpoint ---------------------------------------------------
             done = state["env_steps"] >= cfg.env_steps
-            if state["env_steps"] - last_eval >= cfg.eval_every or done:
-                last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
-                evaluate_now()
+            if evals.due(state["env_steps"], done):
+                record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
             if state["rl_steps"] % pg.save_every == 0 or done:
                 # Training weights (LoRA adapters included), optimizer, the method's own parts
                 # (PPO's critic) and torch's RNG; counters, curve and numpy's RNG in state.json.
@@ -359,23 +354,15 @@ def train_on_policy(
     if trainable is not None:
         merge_lora(policy)  # the result is a plain checkpoint of the base's family
     policy.temperature = type(policy).temperature
-    policy.eval()
-    policy.save_pretrained(run / "policy")
-    plot_learning_curve(
-        state["curve"], run / "learning_curve.png", x_keys=("env_steps", "wall_s"),
-        title=f"{name} on {cfg.base}: {', '.join(names)}",
-    )  # fmt: skip
     timing = {k: round(float(np.mean([t[k] for t in state["timing"]])), 2)
               for k in ("rollout_s", "reward_s", "update_s")}  # fmt: skip
     extra = {
         "method": name,
-        "policy_dir": str(run / "policy"),
         "env_steps": state["env_steps"],
         "rl_steps": state["rl_steps"],
         "train_episodes": state["episodes"],
         "train_wall_s": round(state["wall_s"], 1),
         "mean_step_timing_s": timing,
         "lora_trainable_params": trainable,
-        "curve": state["curve"],
     }
-    return final_results(policy, base, benchmark, cfg, names, run, extra)
+    return finish_run(policy, setup, cfg, state, f"{name} on {cfg.base}: {', '.join(names)}", extra)

@@ -29,8 +29,8 @@ import gymnasium as gym
 import numpy as np
 
 from vla_rl.core.benchmark import EpisodeSpec
-from vla_rl.core.slots import SlotStep
-from vla_rl.core.types import Observation, stack_obs
+from vla_rl.core.slots import SlotStep, slot_observations
+from vla_rl.core.types import Observation
 
 
 class BatchedSlotEnv(ABC):
@@ -141,15 +141,7 @@ class BatchedSlotEnv(ABC):
         return first
 
     def observe(self, slots: Sequence[int]) -> Observation:
-        items = []
-        for slot in slots:
-            episode = self.episodes[slot]
-            if episode is None or self._obs[slot] is None:
-                raise RuntimeError(f"slot {slot} has not been reset")
-            items.append(
-                dict(self._obs[slot], instruction=episode.task.instruction, task=episode.task.name)
-            )
-        return stack_obs(items)
+        return slot_observations(slots, self.episodes, self._obs)
 
     def step_async(self, slots: Sequence[int], chunks: np.ndarray) -> list[SlotStep]:
         ended = [s for s in slots if self._done[s]]

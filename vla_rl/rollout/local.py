@@ -25,8 +25,8 @@ import gymnasium as gym
 import numpy as np
 
 from vla_rl.core.benchmark import EnvConfig, EpisodeSpec
-from vla_rl.core.slots import SlotStep
-from vla_rl.core.types import Observation, stack_obs
+from vla_rl.core.slots import SlotStep, slot_observations
+from vla_rl.core.types import Observation
 from vla_rl.rollout.chunked_env import ChunkedEnv
 
 
@@ -272,15 +272,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 
     def observe(self, slots: Sequence[int]) -> Observation:
         """The current observation batch of `slots`, with instruction and task name."""
-        items = []
-        for slot in slots:
-            episode = self.episodes[slot]
-            if episode is None or self._obs[slot] is None:
-                raise RuntimeError(f"slot {slot} has not been reset")
-            items.append(
-                dict(self._obs[slot], instruction=episode.task.instruction, task=episode.task.name)
-            )
-        return stack_obs(items)
+        return slot_observations(slots, self.episodes, self._obs)
 
     def call(self, name: str, *args: Any) -> list[Any]:
         """Call a method of every slot's underlying env; results in slot order."""

@@ -8,7 +8,6 @@ to fill the buffer; the learner (`learner.py`) holds the update math and schedul
 
 from __future__ import annotations
 
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vla_rl.core.benchmark import random_episode
 from vla_rl.core.config import to_dict
@@ -32,8 +30,15 @@ from vla_rl.methods.residual.transitions import (
 from vla_rl.rl.replay_buffer import ReplayBuffer
 from vla_rl.runs.checkpoint import save_checkpoint
 from vla_rl.runs.metrics import MetricsLogger
-from vla_rl.runs.plots import plot_learning_curve
-from vla_rl.runs.run import RunConfig, RunSetup, eval_point, final_results, setup_run
+from vla_rl.runs.run import (
+    EvalSchedule,
+    RunConfig,
+    RunSetup,
+    finish_run,
+    record_eval_point,
+    setup_run,
+    training_bar,
+)
 
 BUFFER_FILE = "online_buffer.safetensors"  # in the checkpoint, beside policy/
 
@@ -69,12 +74,10 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     venv.reset_slots(slots, [random_episode(tasks, rng) for _ in slots])
     obs = venv.observe(slots)
     if not state["curve"]:  # the residual starts at exactly 0: this point is the base's success
-        evaluate_now(policy, setup, cfg, state, logger)
-    bar = tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=0.05,
-               desc=f"residual {','.join(names)[:40]}", disable=not cfg.progress,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
+        record_eval_point(policy, setup, cfg, state, logger)
+    bar = training_bar(cfg, state, f"residual {','.join(names)}", smoothing=0.05)
     owed = 0.0  # critic updates due but not yet run (utd per env step)
-    last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
+    evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     last_save = state["env_steps"]
     metrics: dict[str, float] = {}
     try:
@@ -110,9 +113,8 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 bar.set_postfix(q=f"{metrics['q_target']:.2f}", ep=state["episodes"],
                                 eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
             done = state["env_steps"] >= cfg.env_steps
-            if state["env_steps"] - last_eval >= cfg.eval_every or done:
-                last_eval = state["env_steps"] - state["env_steps"] % cfg.eval_every
-                evaluate_now(policy, setup, cfg, state, logger)
+            if evals.due(state["env_steps"], done):
+                record_eval_point(policy, setup, cfg, state, logger)
             if state["env_steps"] - last_save >= rcfg.save_every or done:
                 last_save = state["env_steps"]
                 checkpoint(run, agent, online, dict(state, numpy_rng=rng.bit_generator.state))
@@ -121,16 +123,11 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
         venv.close()
         logger.close()
 
-    policy.eval()
-    policy.save_pretrained(run / "policy")
-    plot_learning_curve(state["curve"], run / "learning_curve.png", x_keys=("env_steps", "wall_s"),
-                        title=f"residual RL on {cfg.base}: {', '.join(names)}")  # fmt: skip
-    extra = {"method": "residual", "policy_dir": str(run / "policy"),
-             "env_steps": state["env_steps"], "updates": state["updates"],
+    extra = {"method": "residual", "env_steps": state["env_steps"], "updates": state["updates"],
              "train_episodes": state["episodes"], "train_wall_s": round(state["wall_s"], 1),
-             "demo_transitions": 0 if demos is None else len(demos),
-             "curve": state["curve"]}  # fmt: skip
-    return final_results(policy, setup.base, benchmark, cfg, names, run, extra)
+             "demo_transitions": 0 if demos is None else len(demos)}  # fmt: skip
+    title = f"residual RL on {cfg.base}: {', '.join(names)}"
+    return finish_run(policy, setup, cfg, state, title, extra)
 
 
 def restore(
@@ -163,17 +160,6 @@ def act(
             feat = policy.features(state, policy.task_ids(obs["task"]), base_unit)
             residual = policy.residual(feat) + rcfg.exploration_std * torch.randn_like(base_unit)
     return base_unit, (base_unit + residual).clamp(-1, 1)
-
-
-def evaluate_now(
-    policy: ResidualPolicy, setup: RunSetup, cfg: RunConfig, state: dict, logger: MetricsLogger
-) -> None:
-    """One learning-curve point (`eval_point`: the eval protocol on the eval split)."""
-    policy.eval()
-    point = eval_point(policy, setup.benchmark, cfg, setup.names, state)
-    policy.train()
-    state["curve"].append(point)
-    logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
 
 
 def checkpoint(run: Path, agent: Residual, online: ReplayBuffer, state: dict) -> None:
