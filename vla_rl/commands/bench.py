@@ -210,7 +210,5 @@ def run_rollout_bench(cfg: BenchConfig) -> int:
 
 
 def main(args: list[str]) -> int:
-    from vla_rl.commands.bench import BenchConfig, run_rollout_bench
-
     cfg = parse_cli(BenchConfig, args, prog="vla-rl bench", description=BenchConfig.__doc__)
     return run_rollout_bench(cfg)

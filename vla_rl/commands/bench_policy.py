@@ -163,8 +163,6 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
 
 
 def main(args: list[str]) -> int:
-    from vla_rl.commands.bench_policy import PolicyBenchConfig, run_policy_bench
-
     cfg = parse_cli(
         PolicyBenchConfig, args, prog="vla-rl bench-policy", description=PolicyBenchConfig.__doc__
     )

@@ -124,8 +124,6 @@ def print_summary(cfg: CollectConfig, summary: dict) -> None:
 
 
 def main(args: list[str]) -> int:
-    from vla_rl.commands.collect import CollectConfig, collect, print_summary
-
     cfg = parse_cli(CollectConfig, args, prog="vla-rl collect", description=CollectConfig.__doc__)
     print_summary(cfg, collect(cfg))
     return 0

@@ -107,7 +107,5 @@ def run_doctor(cfg: DoctorConfig) -> int:
 
 
 def main(args: list[str]) -> int:
-    from vla_rl.commands.doctor import DoctorConfig, run_doctor
-
     cfg = parse_cli(DoctorConfig, args, prog="vla-rl doctor", description=DoctorConfig.__doc__)
     return run_doctor(cfg)

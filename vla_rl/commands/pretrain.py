@@ -236,8 +236,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
 
 def main(args: list[str]) -> int:
-    from vla_rl.commands.pretrain import PretrainConfig, pretrain
-
     cfg = parse_cli(
         PretrainConfig, args, prog="vla-rl pretrain", description=PretrainConfig.__doc__
     )

@@ -1,0 +1,258 @@
+"""A finetune run: the settings every method shares (`RunConfig`) and what every method does the
+same way: resolve benchmark, tasks and base (`setup_run`), the eval protocol during and after
+training (`eval_point`, `final_results`), the run directory and its results file.
+
+It lives below `vla_rl.methods` (methods import it; it imports no method), so the command that
+lists the methods (`vla_rl.commands.finetune`) and the methods themselves form no cycle.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vla_rl.core.benchmark import Benchmark, EnvConfig
+from vla_rl.core.config import ConfigError, to_dict
+from vla_rl.core.load_options import BaseLoadConfig
+from vla_rl.core.policy import BasePolicy
+from vla_rl.evaluation.protocol import curve_point, evaluate
+from vla_rl.io.atomic import atomic_write_json
+from vla_rl.io.provenance import provenance
+from vla_rl.runs.checkpoint import find_checkpoint, load_checkpoint
+from vla_rl.runs.metrics import MetricsLogger
+from vla_rl.runs.plots import plot_learning_curve
+
+
+@dataclass
+class RunConfig:
+    """What every finetune method shares: base, benchmark, tasks, budget, eval protocol, run
+    directory, envs. `vla-rl finetune`'s FinetuneConfig adds one field per method."""
+
+    base: str = "metaworld-flow"
+    """Base policy: a registered name (e.g. the bundled metaworld-flow), a checkpoint dir, or a
+    real VLA family (openvla, openvla-oft, pi0, smolvla) with --base-path."""
+    base_path: str | None = None
+    """The published checkpoint directory of a real VLA family given as --base (its own on-disk
+    format; README "Real VLA bases")."""
+    base_load: BaseLoadConfig = field(default_factory=BaseLoadConfig)
+    """How a real VLA checkpoint is loaded (unnorm key, dtype, cameras, ...)."""
+    method: str = "residual"
+    """RL method: residual (ResFiT, a frozen base plus a learned residual), ppo (VLA-RL's
+    trajectory-level PPO), grpo (group-relative, SimpleVLA-RL) or srpo (GRPO with SRPO's
+    progress reward); the last three update the base's own weights."""
+    benchmark: str = "metaworld"
+    """A registered benchmark (see `vla-rl benchmarks`)."""
+    tasks: tuple[str, ...] = ("button-press-topdown-v3",)
+    """Tasks (or set names) to train and evaluate on. Default: one MT10 task on which the bundled
+    base succeeds about half the time (docs/RESULTS.md), so a few minutes show a change."""
+    env_steps: int = 10_000
+    """Env steps (control steps, summed over parallel envs) of RL; the default fits the README's
+    few-minute main job on a 2-core CPU; docs/RESULTS.md states the budget of each result."""
+    output_dir: str | None = None
+    """Run directory (checkpoint/, policy/, metrics, results.json, plot, videos). None:
+    runs/finetune/<method>/<timestamp>."""
+    eval_every: int = 5_000
+    """Env steps between evaluations on the eval split (plus one before training and one at
+    the end)."""
+    eval_episodes: int = 20
+    """Episodes per task at each periodic evaluation (the first eval initial states, in order)."""
+    final_eval_episodes: int | None = None
+    """Episodes per task of the final evaluation of the result and of the base beside it.
+    None: every eval initial state (Meta-World 50, LIBERO 25 per task)."""
+    videos: int = 2
+    """Final-evaluation episodes per task saved as MP4 (videos/ in the run directory)."""
+    resume: bool = False
+    """Continue from output_dir/checkpoint (needs --output-dir)."""
+    seed: int = 0
+    """Seeds torch, numpy and the choice of training initial states."""
+    logger: str = "tensorboard"
+    """Metrics backend beside metrics.jsonl: tensorboard, wandb (offline) or none."""
+    progress: bool = True
+    """Show a progress bar (env steps/s, ETA, train and eval success)."""
+    env: EnvConfig = field(
+        default_factory=lambda: EnvConfig(num_envs=4, num_workers=1, video_size=0)
+    )
+    """Training envs. 4 envs in 1 worker by default: the learner's updates, not the simulator,
+    take most of the time (about 31 env steps/s with updates against ~1000 for Meta-World alone
+    on this machine), so the main process keeps the second core for them."""
+
+
+def check_run_config(cfg: RunConfig) -> None:
+    for name in ("env_steps", "eval_every", "eval_episodes"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.final_eval_episodes is not None and cfg.final_eval_episodes < 1:
+        raise ConfigError(f"--final-eval-episodes must be >= 1, got {cfg.final_eval_episodes}")
+    if cfg.videos < 0:
+        raise ConfigError(f"--videos must be >= 0, got {cfg.videos}")
+    if cfg.resume and cfg.output_dir is None:
+        raise ConfigError("--resume needs --output-dir (the run to continue)")
+
+
+def run_directory(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir or f"runs/finetune/{cfg.method}/{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def eval_point(
+    policy: BasePolicy,
+    benchmark: Benchmark,
+    cfg: RunConfig,
+    tasks: list[str],
+    progress_state: dict[str, Any],
+) -> dict[str, Any]:
+    """One point of the learning curve: the eval protocol on cfg.eval_episodes per task."""
+    res = evaluate(
+        policy,
+        benchmark,
+        task_names=tasks,
+        episodes_per_task=cfg.eval_episodes,
+        env_cfg=cfg.env,
+        seed=cfg.seed,
+        progress=False,
+    )
+    return {
+        "env_steps": progress_state["env_steps"],
+        "updates": progress_state.get("updates", 0),
+        "wall_s": round(progress_state["wall_s"], 1),
+        **curve_point(res),
+    }
+
+
+def final_results(
+    policy: BasePolicy,
+    base: BasePolicy,
+    benchmark: Benchmark,
+    cfg: RunConfig,
+    tasks: list[str],
+    run: Path,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Evaluate the result and the base with the same protocol; write run/results.json in the
+    eval format (per-task table of the result) with the base's results beside it."""
+    common = dict(task_names=tasks, episodes_per_task=cfg.final_eval_episodes, env_cfg=cfg.env,
+                  seed=cfg.seed, progress=cfg.progress)  # fmt: skip
+    results = evaluate(policy, benchmark, videos_per_task=cfg.videos, output_dir=run / "eval",
+                       **common)  # type: ignore[arg-type]  # fmt: skip
+    base_results = evaluate(base, benchmark, **common)  # type: ignore[arg-type]
+    keys = ("success_rate", "success_ci95", "successes", "num_episodes", "per_task")
+    results["base"] = {k: base_results[k] for k in keys}
+    results["improvement"] = round(results["success_rate"] - base_results["success_rate"], 4)
+    results.update(extra)
+    results["config"] = to_dict(cfg)
+    results["provenance"] = provenance()
+    atomic_write_json(run / "results.json", results)
+    return results
+
+
+def load_state(run: Path) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+    """(checkpoint directory, tree, state) of the run's checkpoint, or None when it has none.
+    An unreadable or old-format (pickled) checkpoint raises CheckpointError, a ValueError: the
+    CLI prints its one line and exits 2."""
+    directory = find_checkpoint(run / "checkpoint")
+    if directory is None:
+        return None
+    tree, state = load_checkpoint(directory)
+    return directory, tree, state
+
+
+@dataclass
+class RunSetup:
+    """What every method builds first, the same way: benchmark, task names and train split, the
+    base policy, the run directory and (with --resume) the loaded checkpoint."""
+
+    benchmark: Benchmark
+    names: list[str]
+    train_tasks: list
+    base: BasePolicy
+    run: Path
+    saved: dict[str, Any] | None
+    """With --resume: the checkpoint's state.json (counters, curve, numpy RNG state)."""
+    saved_tree: dict[str, Any] | None = None
+    """With --resume: the checkpoint's tensor tree (learner state dicts, torch RNG state), as
+    `vla_rl.runs.checkpoint.save_checkpoint` was given it."""
+    checkpoint: Path | None = None
+    """With --resume: the checkpoint directory read (its extra files: policy/, buffers)."""
+
+
+def setup_run(cfg: RunConfig) -> RunSetup:
+    """Resolve the benchmark, tasks and base, and find the checkpoint to resume; writes nothing."""
+    from vla_rl.core.benchmark import get_benchmark
+    from vla_rl.core.policy import load_policy
+
+    benchmark = get_benchmark(cfg.benchmark)
+    names = benchmark.resolve_task_names(list(cfg.tasks) or None)
+    base = load_policy(cfg.base, benchmark, cfg.base_path, cfg.base_load)
+    run = run_directory(cfg)
+    loaded = load_state(run) if cfg.resume else None
+    if cfg.resume and loaded is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
+    directory, tree, saved = loaded if loaded is not None else (None, None, None)
+    train_tasks = benchmark.tasks("train", names)
+    return RunSetup(benchmark, names, train_tasks, base, run, saved, tree, directory)
+
+
+# ---- the parts of a training loop every method writes the same way ---------------------------
+def training_bar(cfg: RunConfig, state: dict[str, Any], desc: str, smoothing: float) -> tqdm:
+    """The progress bar over env steps (rate and ETA); sparse updates when stderr is a file."""
+    return tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=smoothing,
+                desc=desc[:60], disable=not cfg.progress,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip
+
+
+class EvalSchedule:
+    """Learning-curve points at every multiple of cfg.eval_every env steps (the first step
+    past it: chunks and episodes overshoot) and at the end; a resumed run keeps the grid."""
+
+    def __init__(self, eval_every: int, env_steps: int):
+        self.every = eval_every
+        self.last = env_steps - env_steps % eval_every
+
+    def due(self, env_steps: int, done: bool) -> bool:
+        if env_steps - self.last >= self.every or done:
+            self.last = env_steps - env_steps % self.every
+            return True
+        return False
+
+
+def record_eval_point(
+    policy: BasePolicy,
+    setup: RunSetup,
+    cfg: RunConfig,
+    state: dict[str, Any],
+    logger: MetricsLogger,
+    **fields: Any,
+) -> None:
+    """Evaluate now (`eval_point`, the policy in eval mode), append the point with `fields` to
+    state["curve"] and log it."""
+    was_training = policy.training
+    policy.eval()
+    point = eval_point(policy, setup.benchmark, cfg, setup.names, state)
+    policy.train(was_training)
+    point.update(fields)
+    state["curve"].append(point)
+    logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
+
+
+def finish_run(
+    policy: BasePolicy,
+    setup: RunSetup,
+    cfg: RunConfig,
+    state: dict[str, Any],
+    title: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The end of every method: the result in run/policy, the learning curve as a plot, and
+    `final_results` (the result and the base on the whole eval split) with `extra` and the
+    curve."""
+    run = setup.run
+    policy.eval()
+    policy.save_pretrained(run / "policy")
+    plot_learning_curve(state["curve"], run / "learning_curve.png",
+                        x_keys=("env_steps", "wall_s"), title=title)  # fmt: skip
+    extra = {"policy_dir": str(run / "policy"), **extra, "curve": state["curve"]}
+    return final_results(policy, setup.base, setup.benchmark, cfg, setup.names, run, extra)
