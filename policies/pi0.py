@@ -45,6 +45,7 @@ from vla_rl.policies.vla_checkpoint import (
     pad_last_dim,
     pil_resize,
     read_config,
+    read_normaliser,
     resize_with_pad,
 )
 
@@ -89,9 +90,7 @@ def read_stats(directory: Path) -> dict[str, np.ndarray]:
                 ("state_mean", "state_std", "actions_mean", "actions_std")}  # fmt: skip
     files = sorted(directory.glob("policy_preprocessor_step_*normalizer_processor.safetensors"))
     if files:
-        from safetensors.torch import load_file
-
-        s = load_file(str(files[0]))
+        s = read_normaliser(files[0])
         return {
             "state_mean": s["observation.state.mean"].numpy(),
             "state_std": s["observation.state.std"].numpy(),

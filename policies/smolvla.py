@@ -48,6 +48,7 @@ from vla_rl.policies.vla_checkpoint import (
     load_safetensors_dir,
     pad_last_dim,
     read_config,
+    read_normaliser,
     resize_with_pad,
 )
 
@@ -59,9 +60,7 @@ def read_smolvla_stats(
     checkpoints keep in model.safetensors (normalize_inputs / unnormalize_outputs)."""
     files = sorted(directory.glob("policy_preprocessor_step_*normalizer_processor.safetensors"))
     if files:
-        from safetensors.torch import load_file
-
-        s = load_file(str(files[0]))
+        s = read_normaliser(files[0])
         return {"state_mean": s["observation.state.mean"], "state_std": s["observation.state.std"],
                 "action_mean": s["action.mean"], "action_std": s["action.std"]}  # fmt: skip
     old = "normalize_inputs.buffer_observation_state."

@@ -19,6 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_rl.core.policy import (
+    PolicyCheckpointError,
+    check_fields,
+    check_state,
+    json_type,
+    read_json_object,
+    read_safetensors,
+)
 from vla_rl.io.atomic import atomic_directory
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -32,25 +40,50 @@ def read_config(directory: str | Path, family: str) -> dict[str, Any]:
         raise FileNotFoundError(
             f"--base {family}: {directory} is not a {family} checkpoint directory (no config.json)"
         )
-    return json.loads(path.read_text())
+    return read_json_object(path)
 
 
 def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint: model.safetensors, or the shards its index file lists."""
-    from safetensors.torch import load_file
-
+    """Every tensor of a checkpoint: model.safetensors, or the shards its index file lists,
+    each parsed by `read_safetensors` (a pickle, empty or truncated file refused in one line)."""
     directory = Path(directory)
     if (directory / WEIGHTS_FILE).is_file():
-        return load_file(str(directory / WEIGHTS_FILE))
+        return read_safetensors(directory / WEIGHTS_FILE)
     if (directory / INDEX_FILE).is_file():
-        shards = sorted(
-            set(json.loads((directory / INDEX_FILE).read_text())["weight_map"].values())
-        )
+        index = read_json_object(directory / INDEX_FILE)
+        weight_map = index.get("weight_map")
+        shards = weight_map.values() if isinstance(weight_map, dict) else None
+        if shards is None or not all(isinstance(v, str) for v in shards):
+            raise PolicyCheckpointError(
+                f"{directory / INDEX_FILE}: no 'weight_map' object of tensor name -> shard file"
+            )
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(directory / shard)))
+        for shard in sorted(set(shards)):
+            if not (directory / shard).is_file():
+                raise PolicyCheckpointError(
+                    f"{directory / shard}: missing; {INDEX_FILE} lists it as a weight shard"
+                )
+            state.update(read_safetensors(directory / shard))
         return state
     raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE} and no {INDEX_FILE}")
+
+
+NORMALISER_KEYS = ("observation.state.mean", "observation.state.std", "action.mean", "action.std")
+
+
+def read_normaliser(path: Path) -> dict[str, torch.Tensor]:
+    """lerobot's normaliser statistics file (policy_preprocessor_step_*_normalizer_processor.
+    safetensors), checked: it parses, holds the four MEAN_STD tensors, all finite."""
+    stats = read_safetensors(path)
+    missing = [k for k in NORMALISER_KEYS if k not in stats]
+    if missing:
+        raise PolicyCheckpointError(
+            f"{path}: no {', '.join(missing)}; expected the MEAN_STD statistics "
+            f"{', '.join(NORMALISER_KEYS)}"
+        )
+    stats = {k: stats[k] for k in NORMALISER_KEYS}
+    check_state(stats, stats, path, "the normaliser statistics")  # finiteness only
+    return stats
 
 
 def load_checked(
@@ -59,18 +92,13 @@ def load_checked(
     family: str,
     allow_missing: Iterable[str] = (),
 ) -> None:
-    """load_state_dict that names the first missing and unexpected tensors when the names do
-    not match (a checkpoint of another family, version or size), instead of a wall of text.
+    """load_state_dict, checked first (`check_state`): one line naming the first missing,
+    unexpected and wrongly shaped tensors when the checkpoint does not match (another family,
+    version or size) and the first tensor holding NaN/inf, instead of a wall of text.
     allow_missing: name suffixes the published checkpoints do not store (unused buffers)."""
-    allow = tuple(allow_missing)
-    result = module.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(allow)]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"the {family} checkpoint does not match the {family} architecture: "
-            f"{len(missing)} missing tensors (e.g. {missing[:3]}), "
-            f"{len(result.unexpected_keys)} unexpected (e.g. {result.unexpected_keys[:3]})"
-        )
+    check_state(module.state_dict(), state, f"the {family} checkpoint",
+                f"the {family} architecture", tuple(allow_missing))  # fmt: skip
+    module.load_state_dict(state, strict=False)
 
 
 def select_stats(stats: dict[str, Any], key: str | None, what: str = "norm_stats") -> Any:
@@ -190,8 +218,17 @@ class RealCheckpoint:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path):
-        saved = json.loads((Path(directory) / "vla_rl.json").read_text())
-        return cls(directory, cls.load_options(**saved["options"]))  # type: ignore[call-arg]
+        """A copy we saved: the family's own files, loaded with the options vla_rl.json records
+        (checked against the family's options dataclass first)."""
+        path = Path(directory) / "vla_rl.json"
+        options = read_json_object(path).get("options", {})
+        if not isinstance(options, dict):
+            raise PolicyCheckpointError(
+                f"{path}: 'options' is {json_type(options)}; expected an object of load options"
+            )
+        check_fields(cls.load_options, options, path,
+                     what=f"the {cls.policy_type} load options")  # type: ignore[attr-defined]  # fmt: skip
+        return cls(directory, cls.load_options(**options))  # type: ignore[call-arg]
 
     def write_vla_rl_file(self, directory: Path) -> None:
         record = {"policy_type": self.policy_type, "options": self.loading_options()}  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_rl.core.benchmark import Benchmark, EnvConfig, EpisodeSpec, TaskSpec, get_benchmark
-from vla_rl.core.config import parse_cli, to_dict
+from vla_rl.core.config import ConfigError, parse_cli, to_dict
 from vla_rl.evaluation.protocol import default_task_selection
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
@@ -166,6 +166,10 @@ def measure_sequential(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -
 def run_rollout_bench(cfg: BenchConfig) -> int:
     import os
 
+    # before any env starts: a 0 here left the measuring loops waiting forever
+    for name in ("steps", "max_steps", "chunk_size", "repeats"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     benchmark = get_benchmark(cfg.benchmark)
     name = cfg.task or default_task_selection(benchmark)[0]
     task = replace(benchmark.tasks("train", [name])[0], max_steps=cfg.max_steps)
@@ -175,8 +179,6 @@ def run_rollout_bench(cfg: BenchConfig) -> int:
         f"({simulator_processes(cfg.env)} simulator processes), G={cfg.env.pipeline_groups}, "
         f"Ta={cfg.chunk_size}, images={cfg.env.images}, {os.cpu_count()} cores"
     )
-    if cfg.repeats < 1:
-        raise ValueError(f"--repeats must be >= 1, got {cfg.repeats}")
     modes = (("raw", measure_raw), ("engine", measure_engine), ("sequential", measure_sequential))
     runs: dict[str, list[dict]] = {mode: [] for mode, _ in modes}
     for round_ in range(cfg.repeats):

@@ -88,8 +88,12 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
     from vla_rl.core.policy import load_policy
     from vla_rl.rollout.engine import RolloutEngine
 
-    if cfg.episodes < 0 or cfg.latency_calls < 1 or cfg.threads < 1:
-        raise ConfigError("--latency-calls and --threads must be >= 1, --episodes >= 0")
+    if cfg.episodes < 0 or cfg.latency_calls < 1 or cfg.threads < 1 or cfg.candidates < 1:
+        raise ConfigError(
+            "--latency-calls, --threads and --candidates must be >= 1, --episodes >= 0"
+        )
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise ConfigError(f"--batch-sizes must be >= 1 each, got {list(cfg.batch_sizes)}")
     benchmark = get_benchmark(cfg.benchmark)
     names = benchmark.resolve_task_names(list(cfg.tasks) or default_task_selection(benchmark))
     base = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)

@@ -14,6 +14,7 @@ from vla_rl.data.episodes import records_to_episodes
 from vla_rl.data.lerobot_dataset import write_dataset
 from vla_rl.evaluation.progress import episode_progress
 from vla_rl.evaluation.protocol import default_task_selection
+from vla_rl.io.atomic import check_output_location
 from vla_rl.io.provenance import provenance
 from vla_rl.rollout.engine import RolloutEngine
 
@@ -49,6 +50,7 @@ def collect(cfg: CollectConfig) -> dict:
         raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
     if cfg.action_noise < 0:
         raise ConfigError(f"--action-noise must be >= 0, got {cfg.action_noise}")
+    check_output_location(cfg.output, directory=True, flag="--output")  # before the rollouts
     benchmark = get_benchmark(cfg.benchmark)
     names = benchmark.resolve_task_names(list(cfg.tasks) or default_task_selection(benchmark))
     policy: BasePolicy = load_policy(cfg.policy, benchmark)

@@ -10,6 +10,7 @@ from vla_rl.core.benchmark import EnvConfig
 from vla_rl.core.config import ConfigError, parse_cli, to_dict
 from vla_rl.core.load_options import BaseLoadConfig
 from vla_rl.evaluation.protocol import format_table
+from vla_rl.io.atomic import check_output_location
 
 
 @dataclass
@@ -69,12 +70,15 @@ def main(args: list[str]) -> int:
         raise ConfigError(f"--episodes must be >= 1, got {cfg.episodes}")
     if cfg.videos < 0:
         raise ConfigError(f"--videos must be >= 0, got {cfg.videos}")
+    if cfg.candidates < 1:
+        raise ConfigError(f"--candidates must be >= 1, got {cfg.candidates}")
     benchmark = get_benchmark(cfg.benchmark)
     # Validate every name before any env starts or any file is written.
     benchmark.resolve_task_names(list(cfg.tasks) or None)
     policy = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)
     policy = rerank_policy(policy, cfg.policy, cfg.rerank, cfg.candidates, cfg.noise, cfg.verifier)
     out = Path(cfg.output_dir or f"runs/eval/{cfg.benchmark}/{datetime.now():%Y%m%d-%H%M%S}")
+    check_output_location(out, directory=True, flag="--output-dir")
     results = evaluate(
         policy,
         benchmark,

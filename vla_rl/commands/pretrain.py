@@ -70,6 +70,9 @@ class PretrainConfig:
     """Steps between checkpoints (written atomically; --resume continues from the last)."""
     resume: bool = False
     """Continue from output_dir/checkpoint if it exists."""
+    overwrite: bool = False
+    """Replace what an existing output_dir holds (without it, or --resume, a directory that is
+    not empty is refused)."""
     seed: int = 0
     logger: str = "tensorboard"
     """Metrics backend beside metrics.jsonl: tensorboard, wandb (offline) or none."""
@@ -124,6 +127,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     from vla_rl.core.policy import load_policy
     from vla_rl.runs.metrics import MetricsLogger
     from vla_rl.runs.plots import plot_learning_curve
+    from vla_rl.runs.run import check_run_directory, claim_run_directory
 
     check_choice("policy family", cfg.policy, FAMILIES)
     if not cfg.dataset:
@@ -132,6 +136,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
     for name in ("steps", "batch_size", "eval_every", "save_every", "eval_episodes", "chunk_size"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.hidden is not None and cfg.hidden < 1:
+        raise ConfigError(f"--hidden must be >= 1, got {cfg.hidden}")
+    for name in ("lr", "grad_clip"):  # non-finite values are rejected by parse_cli already
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
     benchmark = get_benchmark(cfg.benchmark)
     episodes = load_episodes(cfg.dataset, cfg.images)
     if not episodes:
@@ -149,6 +158,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     benchmark.resolve_task_names(eval_tasks)  # validate names before training starts
 
     run = Path(cfg.output_dir)
+    check_run_directory(run, cfg.resume, cfg.overwrite)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     state: dict[str, Any] = {"step": 0, "wall_s": 0.0, "curve": []}
@@ -164,6 +174,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         optimizer.load_state_dict(tree["optimizer"])
         torch.random.set_rng_state(tree["torch_rng"])
 
+    claim_run_directory(run, cfg.overwrite)  # every check has passed: from here on it writes
     logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
 
     def run_eval(step: int) -> dict:

@@ -10,6 +10,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vla_rl.core.config import ConfigError, register_check
 from vla_rl.core.registry import BACKENDS, UnknownNameError
 from vla_rl.core.slots import SlotEnv
 from vla_rl.core.types import EpisodeSpec, TaskSpec
@@ -52,6 +53,29 @@ class EnvConfig:
     """Where the per-slot envs run (the BACKENDS registry): local = worker processes on this
     machine (vla_rl/rollout/local.py). A benchmark that steps all its slots itself (a batched
     world model) ignores it."""
+
+
+def check_env_config(cfg: EnvConfig, flag: str = "env") -> None:
+    """Raise ConfigError for env settings nothing can run with. parse_cli runs it on every
+    EnvConfig of every command's config, before any env is built (a 0 here used to hang)."""
+    at = f"--{flag}." if flag else "--"
+    for name, low in (("num_envs", 1), ("num_workers", 0), ("pipeline_groups", 1),
+                      ("video_size", 0)):  # fmt: skip
+        if getattr(cfg, name) < low:
+            raise ConfigError(
+                f"{at}{name.replace('_', '-')} must be >= {low}, got {getattr(cfg, name)}"
+            )
+    if not 0 <= cfg.main_envs <= cfg.num_envs:
+        raise ConfigError(
+            f"{at}main-envs must be in 0..{at}num-envs ({cfg.num_envs}), got {cfg.main_envs}"
+        )
+    if cfg.images and cfg.image_size < 1:
+        raise ConfigError(f"{at}image-size must be >= 1 with {at}images, got {cfg.image_size}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ConfigError(f"{at}max-steps must be >= 1 (or None), got {cfg.max_steps}")
+
+
+register_check(EnvConfig, check_env_config)
 
 
 class Benchmark(ABC):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
+import types
+import typing
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -159,16 +164,243 @@ class BasePolicy(nn.Module, ABC):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BasePolicy:
-        from safetensors.torch import load_file
-
+        """The policy saved in `directory` by `save_pretrained`, every file checked before it is
+        trusted (see `build_from_config` and `load_weights`); PolicyCheckpointError otherwise."""
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = read_json_object(directory / CONFIG_FILE)
         config.pop("policy_type", None)
-        policy = cls(**config)
-        weights = directory / WEIGHTS_FILE
-        if weights.exists():
-            policy.load_state_dict(load_file(str(weights)))
+        policy = build_from_config(cls, config, directory / CONFIG_FILE)
+        load_weights(policy, directory)
         return policy
+
+
+# ---- checking a checkpoint before trusting it ------------------------------------------------
+class PolicyCheckpointError(ValueError):
+    """A policy checkpoint directory that cannot be loaded. The message is one line naming the
+    file, what is wrong with it and what was expected (a ValueError, so the CLI prints it as a
+    usage error instead of a traceback)."""
+
+
+def one_line(err: BaseException) -> str:
+    """The first non-empty line of an exception's message (torch and safetensors write several),
+    or its type name when it has none."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "an integer", float: "a number", type(None): "null"}  # fmt: skip
+
+
+def json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; PolicyCheckpointError when it does not parse or is not an
+    object (a list, a number), FileNotFoundError when it is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; expected a checkpoint's JSON file there")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PolicyCheckpointError(
+            f"{path}: not valid JSON ({one_line(err)}); expected the JSON object "
+            "save_pretrained writes"
+        ) from err
+    if not isinstance(value, dict):
+        raise PolicyCheckpointError(
+            f"{path}: holds {json_type(value)}; expected a JSON object of named fields"
+        )
+    return value
+
+
+def _hint_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a constructor annotation. True for any annotation beyond the
+    simple forms checked here: a guess must never refuse a valid checkpoint (the constructor's
+    own TypeError is the backstop)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    # bool is an int subclass in Python but a different JSON type: `true` is no layer width.
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # JSON writes 1.0 as 1 when a float field held a whole number
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple) or origin in (list, tuple, Sequence):
+        # JSON has no tuples: save_pretrained writes them as arrays.
+        if not isinstance(value, list):
+            return False
+        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else None
+        return item is None or all(_fits(v, item) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _annotations(cls: type) -> dict[str, Any]:
+    """The constructor's resolved annotations; {} where they cannot be resolved (a name only
+    imported under TYPE_CHECKING), so those fields go unchecked rather than refused."""
+    target = cls if dataclasses.is_dataclass(cls) else cls.__init__
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # noqa: BLE001 - any failure to resolve just skips the type check
+        return {}
+
+
+def check_fields(
+    cls: type, config: dict[str, Any], path: Path, skip: int = 0, what: str = ""
+) -> None:
+    """Check a config's fields against `cls`'s constructor: no unknown field, every required one
+    present, each value of the annotated type where that is cheap to tell. skip: leading
+    constructor parameters the loader passes itself (a residual policy's base). what: how the
+    message names the thing being built."""
+    what = what or f"a {getattr(cls, 'policy_type', cls.__name__)!r} policy"
+    params = list(inspect.signature(cls).parameters.values())[skip:]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = [p for p in params if p.kind in kinds]
+    valid = ", ".join(p.name for p in named)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        unknown = [k for k in config if k not in {p.name for p in named}]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise PolicyCheckpointError(
+                f"{path}: unknown field {unknown[0]!r}{more} for {what}; valid fields: {valid}"
+            )
+    missing = [p.name for p in named if p.default is p.empty and p.name not in config]
+    if missing:
+        raise PolicyCheckpointError(
+            f"{path}: missing required field(s) {', '.join(missing)} for {what}; "
+            f"valid fields: {valid}"
+        )
+    hints = _annotations(cls)
+    for name, value in config.items():
+        if name in hints and not _fits(value, hints[name]):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise PolicyCheckpointError(
+                f"{path}: field {name!r} is {json_type(value)} ({shown}); expected "
+                f"{_hint_name(hints[name])}"
+            )
+
+
+def build_from_config(cls: type, config: dict[str, Any], path: Path, *args: Any) -> Any:
+    """`cls(*args, **config)` after `check_fields`; what the constructor still rejects (a value
+    out of range, a type the annotations do not tell) becomes one PolicyCheckpointError line."""
+    check_fields(cls, config, path, skip=len(args))
+    try:
+        return cls(*args, **config)
+    except (TypeError, ValueError, RuntimeError) as err:
+        if isinstance(err, PolicyCheckpointError):
+            raise
+        raise PolicyCheckpointError(
+            f"{path}: its fields do not build a {getattr(cls, 'policy_type', cls.__name__)!r} "
+            f"policy ({one_line(err)})"
+        ) from err
+
+
+# Magic numbers of the pickle-based formats torch.save writes (a zip archive holding a pickle,
+# or, in its legacy format, a bare pickle): refused by their first bytes, never parsed further.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_MAGIC = b"\x80"  # the PROTO opcode every pickle of protocol >= 2 starts with
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, parsed by safetensors (raw tensors and a JSON header:
+    nothing in it can run code). A pickle in its place (torch.save's output) is refused by its
+    first bytes without being unpickled, since unpickling a crafted file runs arbitrary code;
+    an empty, truncated or corrupt file becomes one PolicyCheckpointError line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    if size == 0:
+        raise PolicyCheckpointError(
+            f"{path}: empty (0 bytes); expected a safetensors file of the policy's tensors "
+            "(an interrupted copy?)"
+        )
+    with path.open("rb") as f:
+        head = f.read(8)
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
+        kind = "a zip archive (torch.save's format)" if head.startswith(_ZIP_MAGIC) else "a pickle"
+        raise PolicyCheckpointError(
+            f"{path}: is {kind}, not safetensors; refused unread, since unpickling can run code "
+            "(expected the safetensors file save_pretrained writes)"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise PolicyCheckpointError(
+            f"{path}: not a readable safetensors file ({one_line(err)}, {size} bytes); expected "
+            "the file save_pretrained writes (truncated by an interrupted copy?)"
+        ) from err
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(str(n) for n in t.shape) + ")"
+
+
+def check_state(
+    expected: dict[str, torch.Tensor],
+    state: dict[str, torch.Tensor],
+    path: Path | str,
+    what: str,
+    allow_missing: tuple[str, ...] = (),
+) -> None:
+    """Refuse `state` unless it holds exactly the `expected` names, each with the expected
+    shape, and every floating tensor is finite: one PolicyCheckpointError line naming the first
+    offenders and how many there are. allow_missing: name suffixes a checkpoint may omit."""
+    missing = [k for k in expected if k not in state and not k.endswith(allow_missing)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensor(s) (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. {k}: {_shape(state[k])} in the "
+                         f"file, {_shape(expected[k])} expected)")  # fmt: skip
+        raise PolicyCheckpointError(f"{path}: does not match {what}: " + "; ".join(parts))
+    for k, t in state.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise PolicyCheckpointError(
+                f"{path}: tensor {k!r} holds {n} NaN/inf value(s); expected finite weights "
+                "(a diverged training run?)"
+            )
+
+
+def load_weights(policy: BasePolicy, directory: Path) -> None:
+    """Load `directory`'s model.safetensors into `policy`, checked first: it must exist when the
+    policy has tensors to save (its normaliser statistics are buffers, so native families always
+    do; a policy without any needs no file), parse, and hold exactly `weights_to_save()`'s names
+    and shapes, every value finite."""
+    expected = policy.weights_to_save()
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        if not expected:
+            return
+        raise PolicyCheckpointError(
+            f"{path}: missing; a {policy.policy_type!r} policy has {len(expected)} tensors to load "
+            f"(e.g. {next(iter(expected))}), expected in the {WEIGHTS_FILE} save_pretrained writes"
+        )
+    state = read_safetensors(path)
+    check_state(expected, state, path, f"the {policy.policy_type!r} policy config.json describes")
+    # Names beyond weights_to_save (a residual policy's base) were loaded with their own files.
+    policy.load_state_dict(state, strict=False)
 
 
 def naive_candidates(
@@ -214,14 +446,9 @@ def load_policy(
         own = family_options(name_or_dir, options_cls, options)
         return entry.from_checkpoint(base_path, benchmark, own)
     path = Path(name_or_dir)
-    if (path / VLA_RL_FILE).is_file():
-        policy_type = json.loads((path / VLA_RL_FILE).read_text())["policy_type"]
-        return POLICIES.get(policy_type).from_pretrained(path)
-    if (path / CONFIG_FILE).is_file():
-        policy_type = json.loads((path / CONFIG_FILE).read_text()).get("policy_type")
-        if policy_type is None:
-            raise ValueError(f"{path / CONFIG_FILE} has no 'policy_type' field")
-        return POLICIES.get(policy_type).from_pretrained(path)
+    for file in (VLA_RL_FILE, CONFIG_FILE):
+        if (path / file).is_file():
+            return saved_family(path / file).from_pretrained(path)
     if path.exists() or "/" in name_or_dir:
         raise FileNotFoundError(
             f"{name_or_dir!r} is not a checkpoint directory (no {CONFIG_FILE} inside); "
@@ -233,3 +460,29 @@ def load_policy(
             "or a checkpoint directory"
         )
     return entry.for_benchmark(benchmark)
+
+
+def saved_family(path: Path) -> Any:
+    """The registered family a checkpoint's config.json (or vla_rl.json) names by its
+    policy_type; PolicyCheckpointError when the file does not name a loadable one."""
+    from vla_rl.core.registry import POLICIES
+
+    policy_type = read_json_object(path).get("policy_type")
+    if not isinstance(policy_type, str):
+        raise PolicyCheckpointError(
+            f"{path}: " + ("has no 'policy_type' field" if policy_type is None
+                           else f"'policy_type' is {json_type(policy_type)}")
+            + f"; expected one of: {', '.join(POLICIES.names())}"
+        )  # fmt: skip
+    if policy_type not in POLICIES:
+        raise PolicyCheckpointError(
+            f"{path}: unknown policy_type {policy_type!r}; valid choices: "
+            f"{', '.join(POLICIES.names())}"
+        )
+    family = POLICIES.get(policy_type)
+    if not hasattr(family, "from_pretrained"):  # a bundled checkpoint's name, not a family
+        raise PolicyCheckpointError(
+            f"{path}: policy_type {policy_type!r} names a bundled checkpoint, not a policy "
+            "family; expected the family it was saved as (e.g. flow)"
+        )
+    return family

@@ -67,6 +67,7 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     crash leaves either the old or the new directory (plus, at worst, a stale `.old` sibling).
     """
     path = Path(path)
+    check_output_location(path, directory=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
@@ -81,3 +82,43 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_location(path: str | Path, directory: bool, flag: str = "") -> None:
+    """Refuse to write where the user's data would be lost or the write cannot succeed, before
+    any work: a directory output onto an existing file (atomic_directory would move the file
+    aside and delete it), a file output onto a directory, or a location under a file or in a
+    folder that cannot be written. Raises FileExistsError / PermissionError with one line."""
+    path = Path(path)
+    name = f"{flag} {path}" if flag else str(path)
+    if directory and path.exists() and not path.is_dir():
+        raise FileExistsError(f"{name} is an existing file; give a directory path (it is kept)")
+    if not directory and path.is_dir():
+        raise FileExistsError(f"{name} is an existing directory; give a file path")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FileExistsError(f"{name}: {parent} is a file, so nothing can be written under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: {parent} is not writable")
+
+
+def remove_stale_temporaries(directory: str | Path) -> list[Path]:
+    """Delete what killed writers left directly in `directory`: `.<name>.*.tmp` directories of
+    atomic_directory, and a `.<name>.old` whose `<name>` exists again (the kill came after the
+    new one was in place). A `.<name>.old` without its `<name>` is the only complete copy
+    (the kill came between the two renames) and is kept. Returns what was removed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    removed = []
+    for entry in sorted(directory.iterdir()):
+        name = entry.name
+        stale_tmp = name.startswith(".") and name.endswith(".tmp") and entry.is_dir()
+        stale_old = (name.startswith(".") and name.endswith(".old")
+                     and (directory / name[1:-4]).exists())  # fmt: skip
+        if stale_tmp or stale_old:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+            removed.append(entry)
+    return removed

@@ -46,6 +46,15 @@ class GRPOConfig(PolicyGradientConfig):
 class GRPO(OnPolicyMethod):
     name = "grpo"
 
+    @classmethod
+    def check_config(cls, pg) -> None:
+        # the part of __init__'s rule that needs no task list, so it fails before setup_run
+        if pg.group_size < 2 or pg.episodes_per_step < pg.group_size:
+            raise ConfigError(
+                f"--{cls.name}.episodes-per-step ({pg.episodes_per_step}) must hold at least one "
+                f"group of --{cls.name}.group-size ({pg.group_size}, >= 2)"
+            )
+
     def __init__(self, pg, policy, benchmark, tasks):
         super().__init__(pg, policy, benchmark, tasks)
         per_task = self.pg.episodes_per_step // (self.pg.group_size * len(tasks))

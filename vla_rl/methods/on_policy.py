@@ -121,6 +121,10 @@ def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
         raise ConfigError(f"--{flag}.clip-low must be in [0, 1) and --{flag}.clip-high >= 0")
     if pg.lora_rank < 0:
         raise ConfigError(f"--{flag}.lora-rank must be >= 0")
+    if pg.rollout_workers < 0:
+        raise ConfigError(f"--{flag}.rollout-workers must be >= 0, got {pg.rollout_workers}")
+    if pg.grad_clip <= 0 or pg.kl_coef < 0:
+        raise ConfigError(f"--{flag}.grad-clip must be > 0 and --{flag}.kl-coef >= 0")
     check_reward_names(pg.reward, pg.reward_weights, flag)
 
 
@@ -212,6 +216,11 @@ class OnPolicyMethod:
         self.pg, self.policy, self.benchmark, self.tasks = pg, policy, benchmark, tasks
         self.reward = build_rewards(pg.reward, pg.reward_weights, pg, policy)
 
+    @classmethod
+    def check_config(cls, pg: PolicyGradientConfig) -> None:
+        """Raise ConfigError for this method's settings that cannot run; called before anything
+        is loaded or written (rules that need the resolved tasks stay in __init__)."""
+
     @property
     def rollout_frame_size(self) -> int:
         """H = W of the frames the rollouts render for the reward (0: none)."""
@@ -249,6 +258,7 @@ def train_on_policy(
 
     name = method_cls.name
     check_pg_config(pg, name)
+    method_cls.check_config(pg)  # the method's own rules, also before setup_run
 
     # ---- build: benchmark, tasks, policy (+ LoRA), reference, method, optimizer -------------
     setup = setup_run(cfg)
@@ -284,6 +294,7 @@ def train_on_policy(
         rng.bit_generator.state = state.pop("numpy_rng")
         shuffle.manual_seed(cfg.seed + state["rl_steps"])
 
+    setup.claim()  # every check has passed: from here on the run writes
     logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
     rollout_env = dataclasses.replace(
         cfg.env, num_envs=pg.rollout_envs, num_workers=pg.rollout_workers,

@@ -8,6 +8,9 @@ lists the methods (`vla_rl.commands.finetune`) and the methods themselves form n
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +24,11 @@ from vla_rl.core.config import ConfigError, to_dict
 from vla_rl.core.load_options import BaseLoadConfig
 from vla_rl.core.policy import BasePolicy
 from vla_rl.evaluation.protocol import curve_point, evaluate
-from vla_rl.io.atomic import atomic_write_json
+from vla_rl.io.atomic import (
+    atomic_write_json,
+    check_output_location,
+    remove_stale_temporaries,
+)
 from vla_rl.io.provenance import provenance
 from vla_rl.runs.checkpoint import find_checkpoint, load_checkpoint
 from vla_rl.runs.metrics import MetricsLogger
@@ -68,6 +75,9 @@ class RunConfig:
     """Final-evaluation episodes per task saved as MP4 (videos/ in the run directory)."""
     resume: bool = False
     """Continue from output_dir/checkpoint (needs --output-dir)."""
+    overwrite: bool = False
+    """Replace what an existing --output-dir holds. Without it (and without --resume) a run
+    directory that is not empty is refused, so a finished or interrupted run is never lost."""
     seed: int = 0
     """Seeds torch, numpy and the choice of training initial states."""
     logger: str = "tensorboard"
@@ -177,6 +187,13 @@ class RunSetup:
     `vla_rl.runs.checkpoint.save_checkpoint` was given it."""
     checkpoint: Path | None = None
     """With --resume: the checkpoint directory read (its extra files: policy/, buffers)."""
+    overwrite: bool = False
+    """--overwrite: `claim` empties the run directory first."""
+
+    def claim(self) -> None:
+        """Take the run directory for writing (see `claim_run_directory`); the loops call it
+        right before their first write, after every check has passed."""
+        claim_run_directory(self.run, self.overwrite)
 
 
 def setup_run(cfg: RunConfig) -> RunSetup:
@@ -192,8 +209,66 @@ def setup_run(cfg: RunConfig) -> RunSetup:
     if cfg.resume and loaded is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
     directory, tree, saved = loaded if loaded is not None else (None, None, None)
+    check_run_directory(run, cfg.resume, cfg.overwrite)
     train_tasks = benchmark.tasks("train", names)
-    return RunSetup(benchmark, names, train_tasks, base, run, saved, tree, directory)
+    return RunSetup(benchmark, names, train_tasks, base, run, saved, tree, directory,
+                    overwrite=cfg.overwrite)  # fmt: skip
+
+
+def check_run_directory(run: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse a run directory that is a file, cannot be written, or already holds something
+    when neither --resume nor --overwrite says what to do with it. Writes nothing."""
+    check_output_location(run, directory=True, flag="--output-dir")
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in --output-dir; --overwrite replaces it: "
+                          "give one")  # fmt: skip
+    if run.is_dir() and not resume and not overwrite:
+        held = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
+        if held:
+            raise FileExistsError(
+                f"--output-dir {run} already holds a run ({', '.join(held[:4])}"
+                f"{', ...' if len(held) > 4 else ''}); pass --resume to continue it or "
+                "--overwrite to replace it"
+            )
+
+
+LOCK_FILE = ".lock"  # in a run directory: the pid of the process writing it
+
+
+def claim_run_directory(run: Path, overwrite: bool) -> None:
+    """Called once a run has passed every check, before its first write. A run directory another
+    live process is writing (its .lock names a running pid) is refused, so two runs never write
+    one directory; then, with --overwrite, the old contents go; otherwise what killed writers
+    left behind (stale .tmp directories) does; last, this process's pid goes into .lock, removed
+    again when the process exits (a killed run's lock names a dead pid and is taken over)."""
+    owner = lock_owner(run)
+    if owner is not None and owner != os.getpid():
+        raise FileExistsError(
+            f"--output-dir {run} is being written by process {owner} (its {LOCK_FILE}); wait "
+            "for that run to end or stop it, or choose another --output-dir"
+        )
+    if overwrite and run.is_dir():
+        shutil.rmtree(run)
+    remove_stale_temporaries(run)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / LOCK_FILE).write_text(f"{os.getpid()}\n")
+    atexit.register(release_run_directory, run)
+
+
+def lock_owner(run: Path) -> int | None:
+    """The live process that holds `run`'s lock, or None (no lock, or its process is gone)."""
+    try:
+        pid = int((run / LOCK_FILE).read_text().strip())
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def release_run_directory(run: Path) -> None:
+    """Remove `run`'s lock if this process holds it."""
+    if lock_owner(run) == os.getpid():
+        (run / LOCK_FILE).unlink(missing_ok=True)
 
 
 # ---- the parts of a training loop every method writes the same way ---------------------------

@@ -86,3 +86,21 @@ def check_residual_config(rcfg: ResidualConfig) -> None:
         raise ConfigError(f"--residual.demo-fraction must be in [0, 1), got {rcfg.demo_fraction}")
     if rcfg.action_scale < 0:
         raise ConfigError(f"--residual.action-scale must be >= 0, got {rcfg.action_scale}")
+    if rcfg.save_every < 1 or rcfg.buffer_size < 1:
+        raise ConfigError(
+            f"--residual.save-every and buffer-size must be >= 1, got {rcfg.save_every} and "
+            f"{rcfg.buffer_size}"
+        )
+    if rcfg.learning_starts < 0 or rcfg.critic_warmup_updates < 0:
+        raise ConfigError("--residual.learning-starts and critic-warmup-updates must be >= 0")
+    for name in ("gamma", "tau"):  # a discount or Polyak rate of 0 learns nothing, > 1 diverges
+        if not 0.0 < getattr(rcfg, name) <= 1.0:
+            raise ConfigError(f"--residual.{name} must be in (0, 1], got {getattr(rcfg, name)}")
+    for name in ("actor_lr", "critic_lr", "grad_clip"):
+        if getattr(rcfg, name) <= 0:
+            flag = name.replace("_", "-")
+            raise ConfigError(f"--residual.{flag} must be > 0, got {getattr(rcfg, name)}")
+    for name in ("exploration_std", "target_noise_clip", "warmup_noise"):
+        if getattr(rcfg, name) < 0:
+            flag = name.replace("_", "-")
+            raise ConfigError(f"--residual.{flag} must be >= 0, got {getattr(rcfg, name)}")

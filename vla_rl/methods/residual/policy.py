@@ -18,7 +18,6 @@ base action (Da).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla_rl.core.policy import CONFIG_FILE, WEIGHTS_FILE, BasePolicy, load_policy
+from vla_rl.core.policy import (
+    CONFIG_FILE,
+    BasePolicy,
+    PolicyCheckpointError,
+    build_from_config,
+    check_fields,
+    load_policy,
+    load_weights,
+    read_json_object,
+)
 from vla_rl.core.types import ActionSample, Observation
 
 BASE_DIR = "base"
@@ -163,16 +171,19 @@ class ResidualPolicy(BasePolicy):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> ResidualPolicy:
-        from safetensors.torch import load_file
-
+        """The saved residual policy: its base (checked by load_policy) from the base/ folder
+        inside, then its own config.json and model.safetensors, checked as every native
+        family's (`build_from_config`, `load_weights`: the base's tensors are not expected)."""
         directory = Path(directory)
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = read_json_object(directory / CONFIG_FILE)
         config.pop("policy_type", None)
-        policy = cls(load_policy(str(directory / BASE_DIR)), **config)
-        missing, unexpected = policy.load_state_dict(
-            load_file(str(directory / WEIGHTS_FILE)), strict=False
-        )
-        if unexpected or [k for k in missing if not k.startswith("base.")]:
-            raise ValueError(f"{directory}: weights do not match (missing {missing}, "
-                             f"unexpected {unexpected})")  # fmt: skip
+        base_dir = directory / BASE_DIR
+        if not base_dir.is_dir():
+            raise PolicyCheckpointError(
+                f"{base_dir}: missing; a residual policy checkpoint holds its base policy there"
+            )
+        # The fields are checked before the base loads, so a bad config.json fails fast.
+        check_fields(cls, config, directory / CONFIG_FILE, skip=1)
+        policy = build_from_config(cls, config, directory / CONFIG_FILE, load_policy(str(base_dir)))
+        load_weights(policy, directory)
         return policy

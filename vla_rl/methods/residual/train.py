@@ -67,6 +67,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                              "curve": [], "stats_fitted": False}  # fmt: skip
     if setup.saved is not None:
         state = restore(setup, agent, online, rng)
+    setup.claim()  # every check has passed: from here on the run writes
     logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
 
     slots = list(range(venv.num_envs))

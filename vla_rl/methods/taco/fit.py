@@ -21,7 +21,7 @@ import torch
 
 from vla_rl.core.config import ConfigError, to_dict
 from vla_rl.data.episodes import ChunkData, load_episodes
-from vla_rl.io.atomic import atomic_write_json
+from vla_rl.io.atomic import atomic_write_json, check_output_location
 from vla_rl.io.provenance import provenance
 from vla_rl.methods.taco.cfn import CFNConfig, check_cfn_config, train_cfn, training_epochs
 from vla_rl.methods.taco.rerank import default_verifier_dir, draw_candidates, select_best
@@ -116,6 +116,7 @@ def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
     if not Path(cfg.dataset).exists():
         raise FileNotFoundError(f"dataset {cfg.dataset!r} does not exist")
     out = Path(cfg.output_dir) if cfg.output_dir else default_verifier_dir(cfg.policy)
+    check_output_location(out, directory=True, flag="--output-dir")  # before the fitting
     policy = load_policy(cfg.policy)
     policy.eval()
     images = policy.get_config().get("num_cameras", 0) > 0
