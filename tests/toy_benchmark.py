@@ -132,3 +132,35 @@ class ToyBatchedBenchmark(ToyBenchmark):
     def make_env(self, tasks, cfg=None):
         cfg = cfg or EnvConfig()
         return ToyBatchedEnv(cfg.num_envs, cfg)
+
+
+class SleepyToyBenchmark(ToyBenchmark):
+    """The toy benchmark whose every env step takes `sleep_s` seconds (a hung simulator)."""
+
+    def __init__(self, horizon: int = 30, sleep_s: float = 30.0):
+        super().__init__(horizon)
+        self.sleep_s = sleep_s
+
+    def env_factory(self, cfg: EnvConfig):
+        return SleepyToyEnvFactory(cfg, self.sleep_s)
+
+
+@dataclass
+class SleepyToyEnvFactory:
+    cfg: EnvConfig
+    sleep_s: float
+
+    def __call__(self):
+        return SleepyToyEnv(self.cfg, self.sleep_s)
+
+
+class SleepyToyEnv(ToyEnv):
+    def __init__(self, cfg: EnvConfig, sleep_s: float):
+        super().__init__(cfg)
+        self.sleep_s = sleep_s
+
+    def step(self, action):
+        import time
+
+        time.sleep(self.sleep_s)
+        return super().step(action)

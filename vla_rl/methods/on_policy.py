@@ -47,6 +47,7 @@ from vla_rl.runs.run import (
     record_eval_point,
     setup_run,
     training_bar,
+    training_identity,
 )
 
 
@@ -292,7 +293,7 @@ def train_on_policy(
         torch.random.set_rng_state(learner["torch_rng"])
         state = saved
         rng.bit_generator.state = state.pop("numpy_rng")
-        shuffle.manual_seed(cfg.seed + state["rl_steps"])
+        shuffle.set_state(learner["shuffle_rng"])  # the minibatch order continues exactly
 
     setup.claim()  # every check has passed: from here on the run writes
     logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
@@ -354,9 +355,11 @@ def train_on_policy(
                 # (PPO's critic) and torch's RNG; counters, curve and numpy's RNG in state.json.
                 learner = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
                            "method": method.state_dict(),
-                           "torch_rng": torch.random.get_rng_state()}  # fmt: skip
+                           "torch_rng": torch.random.get_rng_state(),
+                           "shuffle_rng": shuffle.get_state()}  # fmt: skip
                 save_checkpoint(run / "checkpoint", learner,
-                                dict(state, numpy_rng=rng.bit_generator.state))  # fmt: skip
+                                dict(state, numpy_rng=rng.bit_generator.state,
+                                     identity=training_identity(cfg)))  # fmt: skip
     finally:
         bar.close()
         venv.close()

@@ -13,9 +13,12 @@ amortise each message. With W = 0 every slot lives in the calling process (debug
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,7 +67,24 @@ def _handle(envs: list[ChunkedEnv], command: str, payload: Any) -> Any:
     raise ValueError(f"unknown worker command {command!r}")
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when the process that started it dies, however it dies
+    (kill -9 included: then no `close` message ever comes, and a worker blocked in a long
+    step would otherwise outlive its run). Elsewhere the closed pipe ends the worker (EOFError)
+    at its next message."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(0)
+
+
 def _worker(conn, env_fn: Callable[[], gym.Env], num_slots: int) -> None:
+    _die_with_parent()
     # One simulator per core: keep BLAS/OpenMP inside the worker single-threaded.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")

@@ -9,6 +9,7 @@ lists the methods (`vla_rl.commands.finetune`) and the methods themselves form n
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import shutil
 import sys
@@ -209,10 +210,57 @@ def setup_run(cfg: RunConfig) -> RunSetup:
     if cfg.resume and loaded is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {run / 'checkpoint'}")
     directory, tree, saved = loaded if loaded is not None else (None, None, None)
+    if saved is not None:
+        check_same_training(saved.pop("identity", None), training_identity(cfg), directory)
     check_run_directory(run, cfg.resume, cfg.overwrite)
     train_tasks = benchmark.tasks("train", names)
     return RunSetup(benchmark, names, train_tasks, base, run, saved, tree, directory,
                     overwrite=cfg.overwrite)  # fmt: skip
+
+
+# Settings a resumed run may change: the budget, the bookkeeping, the eval protocol during
+# training, and the settings that only decide how fast (worker processes; rollouts and the
+# local pool give the same results for any of them, tests/test_rollout.py).
+RESUMABLE = {"env_steps", "output_dir", "resume", "overwrite", "progress", "logger", "eval_every",
+             "eval_episodes", "final_eval_episodes", "videos", "save_every", "num_workers",
+             "main_envs", "pipeline_groups", "rollout_workers"}  # fmt: skip
+
+
+def training_identity(cfg: RunConfig) -> dict[str, Any]:
+    """The settings that decide what a run trains, flattened to "a.b" keys: the run's fields and
+    its own method's (a command's config holds every method's; the others do not count), less
+    RESUMABLE. Stored in each checkpoint and compared on --resume."""
+    shared = {f.name for f in dataclasses.fields(RunConfig)}
+    method_field = cfg.method.replace("-", "_")
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            for name, item in value.items():
+                walk(item, f"{key}.{name}" if key else name)
+        elif key.rpartition(".")[2] not in RESUMABLE:
+            flat[key] = list(value) if isinstance(value, tuple) else value
+
+    for name, value in to_dict(cfg).items():
+        if name in shared or name == method_field:
+            walk(value, name)
+    return flat
+
+
+def check_same_training(saved: dict[str, Any] | None, now: dict[str, Any], where: Path) -> None:
+    """One line naming what a resumed run would change about the training in the checkpoint."""
+    if saved is None:
+        return  # written before checkpoints carried their settings
+    differ = sorted(set(saved) | set(now), key=str)
+    differ = [k for k in differ if saved.get(k) != now.get(k)]
+    if differ:
+        shown = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now.get(k)!r}"
+                          for k in differ[:3])  # fmt: skip
+        more = f" (and {len(differ) - 3} more)" if len(differ) > 3 else ""
+        raise ConfigError(
+            f"--resume: the checkpoint in {where} trained with other settings: {shown}{more}; "
+            "resume with the run's own settings, or start a new run"
+        )
 
 
 def check_run_directory(run: Path, resume: bool, overwrite: bool) -> None:

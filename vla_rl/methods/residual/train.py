@@ -38,6 +38,7 @@ from vla_rl.runs.run import (
     record_eval_point,
     setup_run,
     training_bar,
+    training_identity,
 )
 
 BUFFER_FILE = "online_buffer.safetensors"  # in the checkpoint, beside policy/
@@ -118,7 +119,9 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 record_eval_point(policy, setup, cfg, state, logger)
             if state["env_steps"] - last_save >= rcfg.save_every or done:
                 last_save = state["env_steps"]
-                checkpoint(run, agent, online, dict(state, numpy_rng=rng.bit_generator.state))
+                saved = dict(state, numpy_rng=rng.bit_generator.state,
+                             identity=training_identity(cfg))  # fmt: skip
+                checkpoint(run, agent, online, saved)
     finally:
         bar.close()
         venv.close()

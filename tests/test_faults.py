@@ -1,0 +1,114 @@
+"""Faults: worker processes never outlive their run, and a run killed between RL steps resumes
+to exactly the result of an uninterrupted one."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+
+# A run whose two workers are inside a 30 s env step when the run is killed: without a death
+# signal they would live on until the step ends (and a truly hung one forever).
+PARENT = """
+import sys, time
+import numpy as np
+sys.path.insert(0, {tests!r})
+from toy_benchmark import SleepyToyBenchmark
+from vla_rl.core.benchmark import EnvConfig, first_episodes
+bench = SleepyToyBenchmark()
+venv = bench.make_env([], EnvConfig(num_envs=2, num_workers=2))
+venv.reset_slots([0, 1], first_episodes(bench.tasks("eval"), 1))
+venv.step_async([0, 1], np.zeros((2, 1, 1), dtype=np.float32))
+print(" ".join(str(p.pid) for p in venv._procs), flush=True)
+time.sleep(60)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "zombie" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_die_with_a_killed_run():
+    parent = subprocess.Popen([sys.executable, "-c", PARENT.format(tests=str(TESTS))],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert len(workers) == 2 and all(alive(p) for p in workers)
+        os.kill(parent.pid, signal.SIGKILL)  # no close message, no cleanup: kill -9
+        parent.wait()
+        deadline = time.monotonic() + 10  # well inside the workers' 30 s step
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in workers), "a worker outlived its run"
+    finally:
+        parent.kill()
+
+
+GRPO = ["finetune", "--method", "grpo", "--tasks", "button-press-topdown-v3",
+        "--eval-every", "100000", "--eval-episodes", "1", "--final-eval-episodes", "2",
+        "--videos", "0", "--logger", "none", "--no-progress", "--env.num-envs", "2",
+        "--env.num-workers", "0", "--env.max-steps", "82", "--grpo.episodes-per-step", "8",
+        "--grpo.group-size", "4", "--grpo.rollout-envs", "4", "--grpo.rollout-workers", "0",
+        "--grpo.lr", "1e-3", "--grpo.minibatch-size", "16"]  # fmt: skip
+BUDGET = ["--env-steps", "1500"]  # 3 RL steps of 8 episodes (<= 82 env steps each)
+
+
+def weights(run: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(run / "policy" / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_grpo_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+    import json
+
+    from vla_rl.cli import main
+
+    straight = tmp_path / "straight"
+    assert main([*GRPO, *BUDGET, "--output-dir", str(straight)]) == 0
+    # The same run in a process of its own, SIGKILLed once its first checkpoint is written
+    # (mid-way through the next RL step's rollout or update), then resumed here.
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vla_rl.cli", *GRPO, *BUDGET, "--output-dir", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not state.is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(state.read_text())["rl_steps"] < 3  # killed before the run could end
+    assert main([*GRPO, *BUDGET, "--output-dir", str(killed), "--resume"]) == 0
+    a, b = weights(straight), weights(killed)
+    assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (straight, killed))
+    assert (ra["rl_steps"], ra["env_steps"], ra["per_task"]) == (
+        rb["rl_steps"], rb["env_steps"], rb["per_task"])  # fmt: skip
+    assert not list(killed.glob(".*.tmp"))  # what the kill left behind was cleaned
+
+
+def test_resume_with_other_training_settings_is_one_line(tmp_path, capsys):
+    from vla_rl.cli import main
+
+    run = tmp_path / "run"
+    assert main([*GRPO, "--env-steps", "300", "--output-dir", str(run)]) == 0
+    capsys.readouterr()
+    code = main([*GRPO, "--env-steps", "600", "--grpo.lr", "1e-4", "--output-dir", str(run),
+                 "--resume"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "--grpo.lr 0.001 -> 0.0001" in err[0] and "other settings" in err[0]
+    # a longer budget, other eval settings and worker counts are fine
+    assert main([*GRPO, "--env-steps", "600", "--eval-episodes", "2", "--output-dir", str(run),
+                 "--resume"]) == 0  # fmt: skip
