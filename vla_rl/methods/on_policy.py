@@ -306,7 +306,8 @@ def train_on_policy(
 
     if not state["curve"]:  # before any update: the base's own success
         record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
-    bar = training_bar(cfg, state, f"{name} {','.join(names)}", smoothing=0.3)
+    bar = training_bar(cfg, state, f"{name} {','.join(names)}", smoothing=0.3,
+                       checkpoints=f"every {pg.save_every} RL step(s)")  # fmt: skip
     evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     try:
         while state["env_steps"] < cfg.env_steps:

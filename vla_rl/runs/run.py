@@ -320,8 +320,15 @@ def release_run_directory(run: Path) -> None:
 
 
 # ---- the parts of a training loop every method writes the same way ---------------------------
-def training_bar(cfg: RunConfig, state: dict[str, Any], desc: str, smoothing: float) -> tqdm:
-    """The progress bar over env steps (rate and ETA); sparse updates when stderr is a file."""
+def training_bar(
+    cfg: RunConfig, state: dict[str, Any], desc: str, smoothing: float, checkpoints: str
+) -> tqdm:
+    """The progress bar over env steps (rate and ETA); sparse updates when stderr is a file.
+    checkpoints: how often the loop checkpoints, said once first, so the user knows what a kill
+    can cost ("every 1 RL step")."""
+    if cfg.progress:
+        print(f"checkpoint {checkpoints} to {run_directory(cfg) / 'checkpoint'} (--resume); a "
+              "kill loses at most the work since the last one", file=sys.stderr)  # fmt: skip
     return tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=smoothing,
                 desc=desc[:60], disable=not cfg.progress,
                 mininterval=0.5 if sys.stderr.isatty() else 10.0)  # fmt: skip

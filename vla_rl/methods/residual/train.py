@@ -77,7 +77,9 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     obs = venv.observe(slots)
     if not state["curve"]:  # the residual starts at exactly 0: this point is the base's success
         record_eval_point(policy, setup, cfg, state, logger)
-    bar = training_bar(cfg, state, f"residual {','.join(names)}", smoothing=0.05)
+    bar = training_bar(cfg, state, f"residual {','.join(names)}", smoothing=0.05,
+                       checkpoints=f"every {rcfg.save_every} env steps (episodes in progress "
+                       "are not in it)")  # fmt: skip
     owed = 0.0  # critic updates due but not yet run (utd per env step)
     evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     last_save = state["env_steps"]

@@ -1,0 +1,175 @@
+"""kill -9 experiment (issue 16): run a short finetune, SIGKILL it at random moments and resume it
+(`--resume`) until it finishes; compare with the same run left alone.
+
+    python docs/results/kill9_issue16/kill9.py grpo 20 /tmp/kill9    # method, kills, scratch dir
+
+Prints one JSON line per kill (seconds into the attempt, checkpoint RL/env steps before and
+after, whether a checkpoint was being written, workers left alive) and a summary; writes
+`summary_<method>.json` next to this script.
+"""
+
+import json
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+COMMON = [
+    "--tasks",
+    "button-press-topdown-v3",
+    "--eval-episodes",
+    "2",
+    "--final-eval-episodes",
+    "5",
+    "--videos",
+    "0",
+    "--logger",
+    "none",
+    "--no-progress",
+    "--env.num-envs",
+    "4",
+    "--env.num-workers",
+    "1",
+    "--env.max-steps",
+    "82",
+]
+ARGS = {
+    "grpo": [
+        "--method",
+        "grpo",
+        "--env-steps",
+        "3000",
+        "--eval-every",
+        "1000",
+        "--grpo.episodes-per-step",
+        "8",
+        "--grpo.group-size",
+        "4",
+        "--grpo.rollout-envs",
+        "4",
+        "--grpo.rollout-workers",
+        "1",
+        "--grpo.lr",
+        "1e-3",
+        "--grpo.minibatch-size",
+        "16",
+    ],
+    "residual": [
+        "--method",
+        "residual",
+        "--env-steps",
+        "1200",
+        "--eval-every",
+        "400",
+        "--residual.learning-starts",
+        "200",
+        "--residual.save-every",
+        "200",
+        "--residual.demos",
+        "none",
+        "--residual.batch-size",
+        "64",
+    ],
+}
+
+
+def workers_alive() -> int:
+    out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
+    return len(out.stdout.split())
+
+
+def state(run: Path) -> dict:
+    for d in (run / "checkpoint", run / ".checkpoint.old"):
+        if (d / "state.json").is_file():
+            s = json.loads((d / "state.json").read_text())
+            return {"rl_steps": s.get("rl_steps"), "env_steps": s["env_steps"]}
+    return {}
+
+
+def vla_rl(method: str, run: Path, resume: bool) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "vla_rl.cli",
+        "finetune",
+        *ARGS[method],
+        *COMMON,
+        "--output-dir",
+        str(run),
+        *(["--resume"] if resume else []),
+    ]
+
+
+def main(method: str, kills: int, scratch: Path) -> None:
+    random.seed(0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    t0 = time.monotonic()
+    straight = scratch / "straight"
+    subprocess.run(vla_rl(method, straight, False), check=True, capture_output=True)
+    alone_s = time.monotonic() - t0
+    run, log, done = scratch / "killed", [], 0
+    while True:
+        resume = (run / "checkpoint").is_dir() or (run / ".checkpoint.old").is_dir()
+        proc = subprocess.Popen(
+            vla_rl(method, run, resume),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if done >= kills:
+            _, err = proc.communicate()
+            assert proc.returncode == 0, err
+            break
+        before = state(run)
+        delay = random.uniform(1.0, 0.8 * alone_s)
+        try:
+            proc.wait(timeout=delay)
+            continue  # it finished or failed before the kill
+        except subprocess.TimeoutExpired:
+            writing = bool(list(run.glob(".checkpoint.*.tmp")))
+            proc.kill()
+            proc.wait()
+        time.sleep(0.5)
+        done += 1
+        row = {
+            "kill": done,
+            "after_s": round(delay, 2),
+            "resumed": resume,
+            "checkpoint_before": before,
+            "checkpoint_after": state(run),
+            "checkpoint_being_written": writing,
+            "workers_alive_after": workers_alive(),
+            "stale_tmp": sorted(p.name for p in run.glob(".*.tmp")),
+        }
+        log.append(row)
+        print(json.dumps(row), flush=True)
+    from safetensors.numpy import load_file
+
+    a = load_file(str(straight / "policy/model.safetensors"))
+    b = load_file(str(run / "policy/model.safetensors"))
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (straight, run))
+    summary = {
+        "method": method,
+        "kills": done,
+        "alone_s": round(alone_s, 1),
+        "weights_identical": set(a) == set(b) and all((a[k] == b[k]).all() for k in a),
+        "straight": {k: ra[k] for k in ("success_rate", "env_steps")},
+        "killed_and_resumed": {k: rb[k] for k in ("success_rate", "env_steps")},
+        "per_task_identical": ra["per_task"] == rb["per_task"],
+        "left_in_run_dir": sorted(p.name for p in run.iterdir() if p.name.startswith(".")),
+        "workers_alive_at_end": workers_alive(),
+        "kill_log": log,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "kill_log"}))
+    out = Path(__file__).parent / f"summary_{method}.json"
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))
