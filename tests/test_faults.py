@@ -112,3 +112,50 @@ def test_resume_with_other_training_settings_is_one_line(tmp_path, capsys):
     # a longer budget, other eval settings and worker counts are fine
     assert main([*GRPO, "--env-steps", "600", "--eval-episodes", "2", "--output-dir", str(run),
                  "--resume"]) == 0  # fmt: skip
+
+
+def summarize(records):
+    return [(r.spec.task.name, r.spec.init_id, r.success, r.env_steps, r.rewards) for r in records]
+
+
+def rollout(bench, cfg, policy, episodes):
+    from vla_rl.rollout.engine import RolloutEngine
+
+    venv = bench.make_env([], cfg)
+    try:
+        engine = RolloutEngine(venv, cfg.pipeline_groups)
+        return engine.run(policy, episodes, seed=0), engine.last_stats, venv.restarts
+    finally:
+        venv.close()
+
+
+@pytest.mark.parametrize("mode", ["die", "hang"])
+def test_a_lost_worker_is_replaced_and_its_episodes_run_again(tmp_path, mode):
+    from toy_benchmark import FaultyToyBenchmark, ToyBenchmark
+    from toy_policies import GreedyToyPolicy
+
+    from vla_rl.core.benchmark import EnvConfig, first_episodes
+
+    cfg = EnvConfig(num_envs=4, num_workers=2, step_timeout_s=3.0)
+    episodes = first_episodes(ToyBenchmark().tasks("eval"), 4)  # 8 episodes on 4 slots
+    policy = GreedyToyPolicy(chunk_size=2)
+    calm, calm_stats, _ = rollout(ToyBenchmark(), cfg, policy, episodes)
+    faulty = FaultyToyBenchmark(1001, str(tmp_path / "failed-once"), mode)
+    records, stats, restarts = rollout(faulty, cfg, policy, episodes)
+    assert (tmp_path / "failed-once").exists()  # the fault happened
+    assert summarize(records) == summarize(calm)  # and changed nothing in the results
+    assert sum(restarts) == 1 and calm_stats.episodes_rerun == 0
+    assert stats.episodes_rerun >= 1  # the episode that failed, and its worker-mates in flight
+
+
+def test_a_worker_that_keeps_failing_ends_the_run_with_one_line(tmp_path, capsys):
+    from toy_benchmark import FaultyToyBenchmark
+    from toy_policies import GreedyToyPolicy
+
+    from vla_rl.core.benchmark import EnvConfig, first_episodes
+    from vla_rl.core.slots import WorkerError
+
+    bench = FaultyToyBenchmark(1001, str(tmp_path / "m"), "die", always=True)
+    with pytest.raises(WorkerError, match="giving up"):
+        rollout(bench, EnvConfig(num_envs=2, num_workers=1), GreedyToyPolicy(),
+                first_episodes(bench.tasks("eval"), 2))  # fmt: skip

@@ -183,6 +183,20 @@ def test_slot_episodes_turn_finished_episodes_into_transitions():
     assert len(store.episodes[0].states) == 0 and len(store.episodes[1].states) == 2
 
 
+def test_slot_episodes_drop_an_episode_whose_env_was_lost():
+    policy = make_residual(GreedyToyPolicy())
+    store = SlotEpisodes(policy, 2, n_step=2, gamma=0.5)
+    step = lambda term: SlotStep({}, np.zeros(1), 1, term, False, term, None)  # noqa: E731
+    obs = [{"state": np.full((2, 2), float(t), np.float32), "task": ["left", "right"],
+            "base_action": np.full((2, 1), 0.1 * t, np.float32)} for t in range(3)]  # fmt: skip
+    units = [torch.full((2, 1), 0.5 * t) for t in range(3)]
+    store.record(obs[0], units[0], units[0], [step(False)] * 2, obs[1])
+    store.drop([1])  # slot 1's worker died: its episode so far is gone
+    done = store.record(obs[1], units[1], units[1], [step(False), SlotStep.lost_slot()], obs[2])
+    assert done == [] and len(store.episodes[0].states) == 2
+    assert len(store.episodes[1].states) == 0  # nothing of the lost step was kept either
+
+
 def test_residual_policy_needs_the_base_action_queue():
     policy = make_residual(GreedyToyPolicy())
     with pytest.raises(ValueError, match="wrap_env"):

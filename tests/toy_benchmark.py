@@ -164,3 +164,48 @@ class SleepyToyEnv(ToyEnv):
 
         time.sleep(self.sleep_s)
         return super().step(action)
+
+
+class FaultyToyBenchmark(ToyBenchmark):
+    """The toy benchmark whose env fails at the first step of episode `init_id`: it dies
+    (os._exit) or hangs (sleeps an hour). Once, unless `always`: the first failure leaves
+    `marker` behind, so the re-run of that episode in a fresh worker succeeds."""
+
+    def __init__(self, init_id: int, marker: str, mode: str = "die", always: bool = False):
+        super().__init__()
+        self.fault = (init_id, marker, mode, always)
+
+    def env_factory(self, cfg: EnvConfig):
+        return FaultyToyEnvFactory(cfg, self.fault)
+
+
+@dataclass
+class FaultyToyEnvFactory:
+    cfg: EnvConfig
+    fault: tuple
+
+    def __call__(self):
+        return FaultyToyEnv(self.cfg, self.fault)
+
+
+class FaultyToyEnv(ToyEnv):
+    def __init__(self, cfg: EnvConfig, fault: tuple):
+        super().__init__(cfg)
+        self.fault = fault
+
+    def reset(self, *, seed=None, options=None):
+        self.init_id = options["init_id"]
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        import os
+        import time
+        from pathlib import Path
+
+        init_id, marker, mode, always = self.fault
+        if self.init_id == init_id and (always or not Path(marker).exists()):
+            Path(marker).touch()
+            if mode == "die":
+                os._exit(1)
+            time.sleep(3600)
+        return super().step(action)

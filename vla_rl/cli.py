@@ -13,6 +13,7 @@ import sys
 
 from vla_rl.core.config import ConfigError
 from vla_rl.core.registry import UnknownNameError
+from vla_rl.core.slots import WorkerError
 
 USAGE_EXIT = 2
 
@@ -52,10 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         module = importlib.import_module(f"vla_rl.commands.{command.replace('-', '_')}")
         return module.main(rest)
-    except (UnknownNameError, ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (
+        UnknownNameError,
+        ConfigError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        PermissionError,
+        WorkerError,
+    ) as err:
         if os.environ.get("VLA_RL_DEBUG"):  # the full traceback, for bug reports
             raise
-        print(f"vla-rl {command}: error: {err}", file=sys.stderr)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        if len(lines) > 1:  # a worker's traceback: its headline and the exception it ended in
+            lines = [f"{lines[0]} {lines[-1]} (VLA_RL_DEBUG=1 shows the whole traceback)"]
+        message = lines[0] if lines else repr(err)
+        print(f"vla-rl {command}: error: {message}", file=sys.stderr)
         return USAGE_EXIT
 
 

@@ -49,6 +49,11 @@ class EnvConfig:
     video_size: int = 256
     """H = W of frames rendered for evaluation videos; 0 renders none (LIBERO then builds no
     offscreen renderer when images are off, which makes env creation faster)."""
+    step_timeout_s: float = 600.0
+    """Seconds an env worker may take to answer one request (a chunk of every slot it hosts)
+    before it counts as hung: it is then killed and replaced, and its slots' episodes run again.
+    Far above a chunk's time here: the slowest measured setting, LIBERO with two 128 px cameras
+    at 17.7 env steps/s for 4 envs (docs/RESULTS.md), takes about 2 s for 8 steps of 4 envs."""
     backend: str = "local"
     """Where the per-slot envs run (the BACKENDS registry): local = worker processes on this
     machine (vla_rl/rollout/local.py). A benchmark that steps all its slots itself (a batched
@@ -73,6 +78,8 @@ def check_env_config(cfg: EnvConfig, flag: str = "env") -> None:
         raise ConfigError(f"{at}image-size must be >= 1 with {at}images, got {cfg.image_size}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ConfigError(f"{at}max-steps must be >= 1 (or None), got {cfg.max_steps}")
+    if cfg.step_timeout_s <= 0:
+        raise ConfigError(f"{at}step-timeout-s must be > 0, got {cfg.step_timeout_s}")
 
 
 register_check(EnvConfig, check_env_config)

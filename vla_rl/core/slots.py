@@ -28,6 +28,12 @@ import numpy as np
 from vla_rl.core.types import EpisodeSpec, Observation, stack_obs
 
 
+class WorkerError(RuntimeError):
+    """What hosts an env failed in a way the run cannot recover from (an exception inside a
+    worker, with its traceback; a worker that keeps dying or hanging; an episode whose env
+    keeps being lost). The CLI prints it as one line."""
+
+
 @dataclass
 class SlotStep:
     """What one slot reports after executing one chunk."""
@@ -39,6 +45,14 @@ class SlotStep:
     truncated: bool  # hit the horizon (not terminal: value methods bootstrap)
     success: bool
     frames: list[np.ndarray] | None  # video frames (H, W, 3) rendered during the chunk
+    lost: bool = False
+    """The slot's env was lost with its worker (it died or hung, and was restarted): the other
+    fields mean nothing, the episode must be run again from its initial state (or dropped),
+    and the slot must be reset before it steps again."""
+
+    @classmethod
+    def lost_slot(cls) -> SlotStep:
+        return cls({}, np.zeros(0, dtype=np.float32), 0, False, False, False, None, lost=True)
 
 
 @runtime_checkable

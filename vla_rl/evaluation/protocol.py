@@ -123,6 +123,9 @@ def evaluate(
         "env_steps_per_s": round(stats.env_steps / wall, 1),
         "policy_s": round(stats.policy_s, 2),
         "env_s": round(stats.env_s, 2),
+        # Episodes started again from their initial state because their env's worker died or
+        # hung (and was replaced); their first, unfinished attempt counts nowhere else.
+        "episodes_rerun": stats.episodes_rerun,
     }
     results["config"] = config or {}
     results["provenance"] = provenance()

@@ -340,6 +340,7 @@ def train_on_policy(
             state["wall_s"] += t3 - t0
             timing = {"rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2}
             state["timing"].append({k: round(v, 2) for k, v in timing.items()})
+            metrics["episodes_rerun"] = float(engine.last_stats.episodes_rerun)  # lost workers
             metrics.update(success_rate=float(traj.success.float().mean()),
                            episodes=float(len(records)), **timing)  # fmt: skip
             logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})

@@ -18,9 +18,11 @@ import torch
 
 from vla_rl.core.benchmark import EpisodeSpec
 from vla_rl.core.policy import BasePolicy
-from vla_rl.core.slots import SlotEnv
+from vla_rl.core.slots import SlotEnv, WorkerError
 from vla_rl.core.trajectories import EpisodeRecord
 from vla_rl.core.types import index_obs
+
+MAX_RERUNS = 3  # an episode whose env is lost more often than this ends the run
 
 
 @dataclass
@@ -31,6 +33,7 @@ class RolloutStats:
     wall_s: float = 0.0
     policy_s: float = 0.0  # time inside policy.sample_actions
     env_s: float = 0.0  # time waiting for env workers (reset + step)
+    episodes_rerun: int = 0  # episodes started again because their env's worker was lost
 
     @property
     def env_steps_per_s(self) -> float:
@@ -85,6 +88,7 @@ class RolloutEngine:
         records: list[EpisodeRecord | None] = [None] * len(episodes)
         pending = deque(enumerate(episodes))
         active: dict[int, tuple[int, EpisodeRecord]] = {}  # slot -> (episode index, record)
+        rerun: dict[int, int] = {}  # episode index -> times its env was lost
         stats = RolloutStats()
 
         def refill(group: list[int]) -> None:
@@ -131,6 +135,18 @@ class RolloutEngine:
             stats.decision_steps += len(slots)
             for row, (slot, res) in enumerate(zip(slots, results)):
                 idx, record = active[slot]
+                if res.lost:  # its worker died or hung and was replaced: run it again
+                    del active[slot]
+                    rerun[idx] = rerun.get(idx, 0) + 1
+                    if rerun[idx] > MAX_RERUNS:
+                        spec = record.spec
+                        raise WorkerError(
+                            f"the env of episode {spec.task.name!r} init {spec.init_id} was lost "
+                            f"{rerun[idx]} times (its worker died or hung); giving up"
+                        )
+                    pending.appendleft((idx, record.spec))
+                    stats.episodes_rerun += 1
+                    continue
                 chunk_reward = float(res.rewards.sum())
                 record.env_steps += res.steps
                 record.episode_return += chunk_reward

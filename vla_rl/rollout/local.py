@@ -28,7 +28,7 @@ import gymnasium as gym
 import numpy as np
 
 from vla_rl.core.benchmark import EnvConfig, EpisodeSpec
-from vla_rl.core.slots import SlotStep, slot_observations
+from vla_rl.core.slots import SlotStep, WorkerError, slot_observations
 from vla_rl.core.types import Observation
 from vla_rl.rollout.chunked_env import ChunkedEnv
 
@@ -119,8 +119,11 @@ class Ticket:
     slots: list[int] = field(default_factory=list)
 
 
-class WorkerError(RuntimeError):
-    """An exception raised inside an env worker (its traceback is in the message)."""
+class WorkerLost(WorkerError):
+    """A worker died or stopped answering; it has been replaced by a fresh one."""
+
+
+LOST = object()  # the reply of a worker lost while the request was in flight
 
 
 MAIN = -1  # owner id of the slots stepped by the main process itself
@@ -142,7 +145,13 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         num_envs: int,
         num_workers: int = 2,
         main_envs: int = 0,
+        step_timeout_s: float | None = None,
+        max_restarts: int = 3,
     ):
+        """step_timeout_s: seconds a worker may take to answer one request before it counts as
+        hung (None: wait forever). A worker that dies or hangs is killed and replaced, up to
+        max_restarts times per worker; the slots it held report `lost` (SlotStep.lost) and must
+        be reset again."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if num_workers < 0:
@@ -159,6 +168,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         self._next_tag = 0
         self._main_results: dict[int, Any] = {}
         self._conns, self._procs = [], []
+        self._env_fn, self.step_timeout_s, self.max_restarts = env_fn, step_timeout_s, max_restarts
         # Slot layout: worker slots in contiguous blocks first, then the main-process slots.
         remote = num_envs - main_envs
         counts = np.bincount(
@@ -167,19 +177,16 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         )[: self.num_workers]
         self._owner = [(w, i) for w, c in enumerate(counts) for i in range(int(c))]
         self._owner += [(MAIN, i) for i in range(main_envs)]
-        if self.num_workers:
-            ctx = mp.get_context("spawn")  # safe with torch and GL contexts in the parent
-            for count in counts:
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(child, env_fn, int(count)), daemon=True)
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
+        self._counts = [int(c) for c in counts]
+        self._conns = [None] * self.num_workers
+        self._procs = [None] * self.num_workers
+        self._stash: list[dict] = [{} for _ in self._conns]
+        self._in_flight: list[set[int]] = [set() for _ in self._conns]  # tags sent, not answered
+        self._void: list[set[int]] = [set() for _ in self._conns]  # tags a lost worker had
+        self.restarts = [0] * len(self._conns)  # workers started again after a loss
+        for w in range(self.num_workers):
+            self._start_worker(w)
         self._main = [ChunkedEnv(env_fn()) for _ in range(main_envs)]
-        self._stash = [{} for _ in self._conns]
-        for w in range(len(self._conns)):
-            self._receive(w, -1)
         first = MAIN if self._main else 0
         spaces = self._request({first: ("spaces", None)})[first]
         self.single_observation_space, self.single_action_space = spaces
@@ -192,19 +199,55 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
     # Every request carries a tag and every worker answers its requests in order, so several
     # requests can be in flight at once (the engine's pipelining); a reply that arrives while
     # waiting for another tag is kept until asked for.
+    def _start_worker(self, w: int) -> None:
+        """Start worker w (its block of slots) and wait for its envs to be built."""
+        ctx = mp.get_context("spawn")  # safe with torch and GL contexts in the parent
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, self._env_fn, self._counts[w]),
+                           daemon=True)  # fmt: skip
+        proc.start()
+        child.close()
+        self._conns[w], self._procs[w] = parent, proc
+        self._receive(w, -1)
+
+    def _lose(self, w: int, why: str) -> None:
+        """Worker w died or hung: kill it, start a fresh one, void what it had in flight, forget
+        its slots' episodes; raise WorkerLost (or WorkerError once it has failed too often)."""
+        proc = self._procs[w]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=5)
+        self._conns[w].close()
+        for slot, (owner, _) in enumerate(self._owner):
+            if owner == w:
+                self.episodes[slot], self._obs[slot] = None, None
+        if self.restarts[w] >= self.max_restarts:
+            raise WorkerError(f"env worker {w} {why}, {self.restarts[w] + 1} times; giving up")
+        self.restarts[w] += 1
+        self._void[w] |= self._in_flight[w]
+        self._in_flight[w] = set()
+        self._stash[w] = {}
+        self._start_worker(w)
+        raise WorkerLost(f"env worker {w} {why}; restarted")
+
     def _receive(self, w: int, tag: int) -> Any:
         stash = self._stash[w]
         while tag not in stash:
+            if tag in self._void[w]:  # sent to a worker that was lost since
+                self._void[w].discard(tag)
+                return LOST
+            conn = self._conns[w]
+            if tag != -1 and self.step_timeout_s is not None and not conn.poll(self.step_timeout_s):
+                self._lose(w, f"did not answer within {self.step_timeout_s:g} s")
             try:
-                got, status, result = self._conns[w].recv()
-            except (EOFError, ConnectionResetError) as err:
+                got, status, result = conn.recv()
+            except (EOFError, ConnectionResetError, OSError):
                 self._procs[w].join(timeout=1)
-                code = self._procs[w].exitcode
-                raise WorkerError(
-                    f"env worker {w} died (exit code {code}); its envs are lost, "
-                    "make a new env to continue"
-                ) from err
+                if tag == -1:  # it died building its envs: a restart would too
+                    raise WorkerError(f"env worker {w} died while building its envs") from None
+                self._lose(w, f"died (exit code {self._procs[w].exitcode})")
             stash[got] = (status, result)
+            self._in_flight[w].discard(got)
         status, result = stash.pop(tag)
         if status == "error":
             raise WorkerError(f"env worker {w} failed:\n{result}")
@@ -217,17 +260,30 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
             if w != MAIN:
                 try:
                     self._conns[w].send((tag, command, payload))
-                except (BrokenPipeError, ConnectionResetError) as err:
-                    raise WorkerError(f"env worker {w} died; make a new env to continue") from err
+                    self._in_flight[w].add(tag)
+                except (BrokenPipeError, ConnectionResetError, OSError):
+                    self._procs[w].join(timeout=1)
+                    try:  # found dead on sending: replace it now, report the loss at the wait
+                        self._lose(w, f"died (exit code {self._procs[w].exitcode})")
+                    except WorkerLost:
+                        self._void[w].add(tag)
         if MAIN in per_owner:  # step our own slots while the workers step theirs
             self._main_results[tag] = _handle(self._main, *per_owner[MAIN])
         return Ticket(tag, list(per_owner))
 
     def _wait(self, ticket: Ticket) -> dict[int, Any]:
-        return {
-            w: self._main_results.pop(ticket.tag) if w == MAIN else self._receive(w, ticket.tag)
-            for w in ticket.workers
-        }
+        """Every worker's reply to the ticket; LOST for a worker that died or hung meanwhile
+        (it has been restarted; the caller decides what its slots' episodes become)."""
+        replies = {}
+        for w in ticket.workers:
+            if w == MAIN:
+                replies[w] = self._main_results.pop(ticket.tag)
+                continue
+            try:
+                replies[w] = self._receive(w, ticket.tag)
+            except WorkerLost:
+                replies[w] = LOST
+        return replies
 
     def _request(self, per_owner: dict[int, tuple[str, Any]]) -> dict[int, Any]:
         return self._wait(self._send(per_owner))
@@ -249,6 +305,9 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         out = []
         for slot in ticket.slots:
             w = self._owner[slot][0]
+            if replies[w] is LOST:
+                out.append(LOST)
+                continue
             out.append(replies[w][cursor[w]])
             cursor[w] += 1
         return out
@@ -269,6 +328,12 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
             for ep, rec in zip(episodes, record)
         ]
         results = self._gather(self._scatter_send("reset", slots, items))
+        lost = [i for i, res in enumerate(results) if res is LOST]
+        if lost:  # the worker was replaced: a reset starts from scratch anyway, so do it again
+            again = self.reset_slots([slots[i] for i in lost], [episodes[i] for i in lost],
+                                     [record[i] for i in lost])  # fmt: skip
+            for i, first_frames in zip(lost, again):
+                results[i] = (self._obs[slots[i]], first_frames)
         frames = []
         for slot, ep, (obs, first_frames) in zip(slots, episodes, results):
             self.episodes[slot] = ep
@@ -286,8 +351,12 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 
     def step_wait(self, ticket: Ticket) -> list[SlotStep]:
         results = self._gather(ticket)
-        for slot, res in zip(ticket.slots, results):
-            self._obs[slot] = res.obs
+        for i, (slot, res) in enumerate(zip(ticket.slots, results)):
+            if res is LOST:
+                results[i] = SlotStep.lost_slot()
+                self.episodes[slot], self._obs[slot] = None, None
+            else:
+                self._obs[slot] = res.obs
         return results
 
     def observe(self, slots: Sequence[int]) -> Observation:
@@ -298,6 +367,8 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         """Call a method of every slot's underlying env; results in slot order."""
         owners = sorted({w for w, _ in self._owner})
         replies = self._request({w: ("call", (name, args)) for w in owners})
+        if any(reply is LOST for reply in replies.values()):
+            raise WorkerError(f"an env worker was lost during call({name!r}); call it again")
         return [replies[w][local] for w, local in self._owner]
 
     # ---- standard gymnasium VectorEnv API (all slots at once) ---------------------------------
@@ -334,7 +405,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         for conn in self._conns:
             try:
                 conn.send((0, "close", None))
-            except (BrokenPipeError, OSError):
+            except (BrokenPipeError, OSError, AttributeError):
                 pass
         for proc in self._procs:
             proc.join(timeout=10)
@@ -351,4 +422,5 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 def make_local_env(env_fn: Callable[[], gym.Env], cfg: EnvConfig) -> ChunkedVectorEnv:
     """The `local` backend: B = cfg.num_envs slots in cfg.num_workers worker processes on this
     machine (plus cfg.main_envs in the calling process)."""
-    return ChunkedVectorEnv(env_fn, cfg.num_envs, cfg.num_workers, cfg.main_envs)
+    return ChunkedVectorEnv(env_fn, cfg.num_envs, cfg.num_workers, cfg.main_envs,
+                            step_timeout_s=cfg.step_timeout_s)  # fmt: skip

@@ -76,8 +76,16 @@ ARGS = {
 
 
 def workers_alive() -> int:
+    """Env worker processes still running (zombies, dead but not yet reaped, do not count)."""
     out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
-    return len(out.stdout.split())
+    alive = 0
+    for pid in out.stdout.split():
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError:
+            continue
+        alive += "zombie" not in status
+    return alive
 
 
 def state(run: Path) -> dict:

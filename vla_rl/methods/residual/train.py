@@ -94,6 +94,11 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 owed += rcfg.utd * len(slots)
                 owed, metrics = agent.learn(online, demos, rng, state, owed)
             results = venv.step_wait(ticket)
+            lost = [i for i, r in enumerate(results) if r.lost]
+            if lost:  # their worker died or hung and was replaced: drop them, start new ones
+                store.drop(lost)
+                venv.reset_slots(lost, [random_episode(tasks, rng) for _ in lost])
+                state["episodes_lost"] = state.get("episodes_lost", 0) + len(lost)
             next_obs = venv.observe(slots)  # includes the base action at the next state
             finished = store.record(obs, base_unit, action_unit, results, next_obs)
             for episode in finished:

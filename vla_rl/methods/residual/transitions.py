@@ -181,6 +181,11 @@ class SlotEpisodes:
         self.policy, self.n_step, self.gamma = policy, n_step, gamma
         self.episodes = [_Episode() for _ in range(num_slots)]
 
+    def drop(self, slots: list[int]) -> None:
+        """Forget the episodes in progress on `slots` (their env was lost with its worker)."""
+        for i in slots:
+            self.episodes[i] = _Episode()
+
     def record(
         self,
         obs: Observation,
@@ -194,6 +199,8 @@ class SlotEpisodes:
         action there close a truncated episode's last n-step target)."""
         finished = []
         for i, res in enumerate(results):
+            if res.lost:  # its env was lost with its worker; `drop` has started it afresh
+                continue
             ep = self.episodes[i]
             ep.states.append(obs["state"][i])
             ep.bases.append(base_unit[i].numpy())
