@@ -41,6 +41,7 @@ import numpy as np
 
 from vla_rl.benchmarks.rendering import ensure_headless_gl
 from vla_rl.core.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
+from vla_rl.core.registry import MissingExtraError
 
 ensure_headless_gl()  # before mujoco is imported
 
@@ -81,7 +82,7 @@ def _import_libero():
         from libero.libero import benchmark as libero_benchmark
         from libero.libero import get_libero_path
     except ImportError as err:
-        raise ImportError(f"{INSTALL_HINT} ({err})") from err
+        raise MissingExtraError(f"{INSTALL_HINT} ({err})") from err
     return libero_benchmark, get_libero_path
 
 

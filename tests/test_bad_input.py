@@ -146,3 +146,18 @@ def test_help_still_prints_and_exits_0(capsys):
         main(["eval", "--help"])
     assert exit_.value.code in (0, None)
     assert "--env.num-envs" in capsys.readouterr().out
+
+
+def test_a_missing_optional_extra_is_one_line_with_the_install_hint(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from vla_rl.cli import main
+
+    for name in [m for m in sys.modules if m == "libero" or m.startswith("libero.")] + ["libero"]:
+        monkeypatch.setitem(sys.modules, name, None)  # as if the [libero] extra were missing
+    out = tmp_path / "out"
+    code = main(["eval", "--benchmark", "libero_spatial", "--policy", "zero", "--episodes", "1",
+                 "--output-dir", str(out)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pip install -e '.[libero]'" in err[0]
+    assert not out.exists()

@@ -145,3 +145,16 @@ def test_commands_with_an_output_refuse_an_existing_file_before_any_work(tmp_pat
     code = main([*args, str(target)])
     assert code == 2 and "is an existing file" in one_error_line(capsys)
     assert target.read_text() == "mine" and sorted(tmp_path.iterdir()) == [target]
+
+
+def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import vla_rl.commands.benchmarks as command
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "results.json"))
+
+    monkeypatch.setattr(command, "main", full)
+    assert main(["benchmarks"]) == 2
+    assert "No space left on device" in one_error_line(capsys)

@@ -7,15 +7,17 @@ the full traceback instead.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
 
 from vla_rl.core.config import ConfigError
-from vla_rl.core.registry import UnknownNameError
+from vla_rl.core.registry import MissingExtraError, UnknownNameError
 from vla_rl.core.slots import WorkerError
 
 USAGE_EXIT = 2
+DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
 
 
 # name -> help. The command `a-b` is `main(args)` in vla_rl/commands/a_b.py, imported only when
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         ValueError,
         PermissionError,
         WorkerError,
+        MissingExtraError,
     ) as err:
         if os.environ.get("VLA_RL_DEBUG"):  # the full traceback, for bug reports
             raise
@@ -69,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
             lines = [f"{lines[0]} {lines[-1]} (VLA_RL_DEBUG=1 shows the whole traceback)"]
         message = lines[0] if lines else repr(err)
         print(f"vla-rl {command}: error: {message}", file=sys.stderr)
+        return USAGE_EXIT
+    except OSError as err:
+        # A full disk, a read-only or foreign file system: the machine's state, not a bug, so one
+        # line too (anything else raised as OSError is a bug and keeps its traceback).
+        if err.errno not in DISK_ERRORS or os.environ.get("VLA_RL_DEBUG"):
+            raise
+        print(f"vla-rl {command}: error: {err.strerror}: {err.filename or ''}", file=sys.stderr)
         return USAGE_EXIT
 
 

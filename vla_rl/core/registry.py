@@ -18,6 +18,10 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+class MissingExtraError(ImportError):
+    """An adapter whose optional extra is not installed; the message says how to install it."""
+
+
 class Registry:
     """A lazy, explicit registry of named things of one kind ("policy", "benchmark", ...)."""
 

@@ -67,7 +67,7 @@ def _handle(envs: list[ChunkedEnv], command: str, payload: Any) -> Any:
     raise ValueError(f"unknown worker command {command!r}")
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent_pid: int) -> None:
     """Ask Linux to SIGKILL this worker when the process that started it dies, however it dies
     (kill -9 included: then no `close` message ever comes, and a worker blocked in a long
     step would otherwise outlive its run). Elsewhere the closed pipe ends the worker (EOFError)
@@ -79,12 +79,12 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect (reparented)
         os._exit(0)
 
 
-def _worker(conn, env_fn: Callable[[], gym.Env], num_slots: int) -> None:
-    _die_with_parent()
+def _worker(conn, env_fn: Callable[[], gym.Env], num_slots: int, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
     # One simulator per core: keep BLAS/OpenMP inside the worker single-threaded.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
@@ -203,8 +203,8 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         """Start worker w (its block of slots) and wait for its envs to be built."""
         ctx = mp.get_context("spawn")  # safe with torch and GL contexts in the parent
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(child, self._env_fn, self._counts[w]),
-                           daemon=True)  # fmt: skip
+        proc = ctx.Process(target=_worker, args=(child, self._env_fn, self._counts[w],
+                                                 os.getpid()), daemon=True)  # fmt: skip
         proc.start()
         child.close()
         self._conns[w], self._procs[w] = parent, proc

@@ -35,6 +35,7 @@ COMMON = [
     "--env.max-steps",
     "82",
 ]
+BUDGET = {"grpo": 3000, "residual": 1200}  # env steps, as in ARGS
 ARGS = {
     "grpo": [
         "--method",
@@ -132,7 +133,10 @@ def main(method: str, kills: int, scratch: Path) -> None:
             assert proc.returncode == 0, err
             break
         before = state(run)
-        delay = random.uniform(1.0, 0.8 * alone_s)
+        # A moment in what is left of the run: start-up (imports, envs, the base) plus the
+        # remaining training and the final evaluation, in proportion to an undisturbed run.
+        left = 1 - before.get("env_steps", 0) / BUDGET[method]
+        delay = random.uniform(2.0, 3.0 + alone_s * max(left, 0.25))
         try:
             proc.wait(timeout=delay)
             continue  # it finished or failed before the kill
@@ -140,7 +144,9 @@ def main(method: str, kills: int, scratch: Path) -> None:
             writing = bool(list(run.glob(".checkpoint.*.tmp")))
             proc.kill()
             proc.wait()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # a worker still importing exits when it gets there
+        while workers_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
         done += 1
         row = {
             "kill": done,
@@ -148,8 +154,9 @@ def main(method: str, kills: int, scratch: Path) -> None:
             "resumed": resume,
             "checkpoint_before": before,
             "checkpoint_after": state(run),
+            "training_done_before": before.get("env_steps", 0) >= BUDGET[method],
             "checkpoint_being_written": writing,
-            "workers_alive_after": workers_alive(),
+            "workers_alive_10s_after": workers_alive(),
             "stale_tmp": sorted(p.name for p in run.glob(".*.tmp")),
         }
         log.append(row)
