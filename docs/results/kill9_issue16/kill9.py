@@ -35,15 +35,15 @@ COMMON = [
     "--env.max-steps",
     "82",
 ]
-BUDGET = {"grpo": 3000, "residual": 1200}  # env steps, as in ARGS
+BUDGET = {"grpo": 9000, "residual": 1200}  # env steps, as in ARGS
 ARGS = {
     "grpo": [
         "--method",
         "grpo",
         "--env-steps",
-        "3000",
+        "9000",
         "--eval-every",
-        "1000",
+        "3000",
         "--grpo.episodes-per-step",
         "8",
         "--grpo.group-size",

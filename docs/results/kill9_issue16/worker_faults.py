@@ -1,0 +1,131 @@
+"""Worker faults (issue 16): kill -9 or SIGSTOP one env worker in the middle of `vla-rl eval` and
+of `vla-rl finetune --method grpo`, and put what the run did beside an undisturbed run.
+
+    python docs/results/kill9_issue16/worker_faults.py /tmp/worker_faults
+
+Writes worker_faults.json next to this script.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+EVAL = [
+    "eval",
+    "--policy",
+    "metaworld-flow",
+    "--tasks",
+    "button-press-topdown-v3",
+    "reach-v3",
+    "--episodes",
+    "10",
+    "--env.num-envs",
+    "4",
+    "--env.num-workers",
+    "2",
+    "--no-progress",
+]
+GRPO = [
+    "finetune",
+    "--method",
+    "grpo",
+    "--tasks",
+    "button-press-topdown-v3",
+    "--env-steps",
+    "2500",
+    "--eval-every",
+    "100000",
+    "--eval-episodes",
+    "2",
+    "--final-eval-episodes",
+    "5",
+    "--videos",
+    "0",
+    "--logger",
+    "none",
+    "--no-progress",
+    "--env.max-steps",
+    "82",
+    "--grpo.episodes-per-step",
+    "8",
+    "--grpo.group-size",
+    "4",
+    "--grpo.rollout-envs",
+    "4",
+    "--grpo.rollout-workers",
+    "2",
+    "--grpo.lr",
+    "1e-3",
+    "--grpo.minibatch-size",
+    "16",
+]
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-P", str(pid), "-f", "multiprocessing.spawn"], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: float) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "vla_rl.cli",
+        *args,
+        "--output-dir",
+        str(out),
+        "--env.step-timeout-s",
+        str(timeout_s),
+    ]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hit = None
+    if fault:
+        time.sleep(at_s)
+        workers = children(proc.pid)
+        if workers:
+            hit = workers[0]
+            os.kill(hit, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
+    stdout, stderr = proc.communicate()
+    if hit and fault == "stop":
+        try:
+            os.kill(hit, signal.SIGKILL)  # the run replaced it; do not leave it stopped
+        except ProcessLookupError:
+            pass
+    res = json.loads((out / "results.json").read_text()) if proc.returncode == 0 else {}
+    return {
+        "fault": fault,
+        "at_s": at_s,
+        "worker_hit": hit,
+        "exit": proc.returncode,
+        "wall_s": round(time.monotonic() - start, 1),
+        "stderr_tail": stderr[-300:],
+        "success_rate": res.get("success_rate"),
+        "per_task": res.get("per_task"),
+        "episodes_rerun": res.get("timing", {}).get("episodes_rerun"),
+        "rl_steps": res.get("rl_steps"),
+        "env_steps": res.get("env_steps"),
+    }
+
+
+def main(scratch: Path) -> None:
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, args, at_s in (("eval", EVAL, 12.0), ("grpo", GRPO, 15.0)):
+        for fault in (None, "kill", "stop"):
+            out = scratch / f"{name}_{fault or 'calm'}"
+            row = run(args, out, fault, at_s, timeout_s=10.0)
+            row["command"] = name
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "per_task"}), flush=True)
+    Path(__file__).with_name("worker_faults.json").write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
