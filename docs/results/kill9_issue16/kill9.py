@@ -36,6 +36,7 @@ COMMON = [
     "82",
 ]
 BUDGET = {"grpo": 9000, "residual": 1200}  # env steps, as in ARGS
+STEP_S = {"grpo": 2.5, "residual": 8.0}  # about one RL step / one checkpoint interval here
 ARGS = {
     "grpo": [
         "--method",
@@ -133,12 +134,18 @@ def main(method: str, kills: int, scratch: Path) -> None:
             assert proc.returncode == 0, err
             break
         before = state(run)
-        # A moment in what is left of the run: start-up (imports, envs, the base) plus the
-        # remaining training and the final evaluation, in proportion to an undisturbed run.
-        left = 1 - before.get("env_steps", 0) / BUDGET[method]
-        delay = random.uniform(2.0, 3.0 + alone_s * max(left, 0.25))
+        started = time.monotonic()
+        if before.get("env_steps", 0) < BUDGET[method]:
+            # Still training: wait for the next checkpoint, then kill at a random moment of the
+            # step after it (rollout, update, evaluation or the next checkpoint's writing).
+            while proc.poll() is None and state(run) == before:
+                time.sleep(0.05)
+            offset = random.uniform(0.0, STEP_S[method])
+        else:  # training is over: the final evaluation (or the start-up before it)
+            offset = random.uniform(2.0, 15.0)
+        delay = time.monotonic() - started + offset
         try:
-            proc.wait(timeout=delay)
+            proc.wait(timeout=offset)
             continue  # it finished or failed before the kill
         except subprocess.TimeoutExpired:
             writing = bool(list(run.glob(".checkpoint.*.tmp")))
