@@ -56,8 +56,15 @@ def test_stale_temporaries_go_and_the_only_complete_copy_stays(tmp_path):
     (run / ".policy.x.tmp").mkdir()
     (run / ".checkpoint.old").mkdir()  # a kill between the two renames: the only copy
     (run / "metrics.jsonl").write_text("{}\n")
+    (run / ".learning_curve.jxj8uc_j.png").write_text("half a plot")  # a kill in atomic_file
+    (run / ".lock").write_text("1\n")
     removed = remove_stale_temporaries(run)
-    assert sorted(p.name for p in removed) == [".checkpoint.abc123.tmp", ".policy.x.tmp"]
+    assert sorted(p.name for p in removed) == [
+        ".checkpoint.abc123.tmp",
+        ".learning_curve.jxj8uc_j.png",
+        ".policy.x.tmp",
+    ]
+    assert (run / ".lock").is_file()
     assert (run / ".checkpoint.old").is_dir() and (run / "metrics.jsonl").is_file()
     (run / "checkpoint").mkdir()  # once a newer checkpoint exists, the old copy is stale
     assert [p.name for p in remove_stale_temporaries(run)] == [".checkpoint.old"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -104,11 +105,17 @@ def check_output_location(path: str | Path, directory: bool, flag: str = "") -> 
         raise PermissionError(f"{name}: {parent} is not writable")
 
 
+# atomic_file's temporary: "." + the target's stem + "." + mkstemp's 8 random characters (lower-
+# case letters, digits, "_") + the target's suffix.
+STALE_FILE = re.compile(r"^\.[^.].*\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
 def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """Delete what killed writers left directly in `directory`: `.<name>.*.tmp` directories of
-    atomic_directory, and a `.<name>.old` whose `<name>` exists again (the kill came after the
-    new one was in place). A `.<name>.old` without its `<name>` is the only complete copy
-    (the kill came between the two renames) and is kept. Returns what was removed."""
+    atomic_directory, `.<stem>.<8 random characters><suffix>` files of atomic_file, and a
+    `.<name>.old` whose `<name>` exists again (the kill came after the new one was in place).
+    A `.<name>.old` without its `<name>` is the only complete copy (the kill came between the
+    two renames) and is kept. Returns what was removed."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -116,6 +123,7 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     for entry in sorted(directory.iterdir()):
         name = entry.name
         stale_tmp = name.startswith(".") and name.endswith(".tmp") and entry.is_dir()
+        stale_tmp = stale_tmp or (entry.is_file() and STALE_FILE.match(name) is not None)
         stale_old = (name.startswith(".") and name.endswith(".old")
                      and (directory / name[1:-4]).exists())  # fmt: skip
         if stale_tmp or stale_old:

@@ -89,6 +89,9 @@ def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: f
     if fault:
         time.sleep(at_s)
         workers = children(proc.pid)
+        while not workers and proc.poll() is None:  # between envs: wait for the next ones
+            time.sleep(0.1)
+            workers = children(proc.pid)
         if workers:
             hit = workers[0]
             os.kill(hit, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
@@ -117,14 +120,18 @@ def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: f
 def main(scratch: Path) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
+    only = sys.argv[2:] or ["eval", "grpo"]
     for name, args, at_s in (("eval", EVAL, 12.0), ("grpo", GRPO, 15.0)):
+        if name not in only:
+            continue
         for fault in (None, "kill", "stop"):
             out = scratch / f"{name}_{fault or 'calm'}"
             row = run(args, out, fault, at_s, timeout_s=10.0)
             row["command"] = name
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_task"}), flush=True)
-    Path(__file__).with_name("worker_faults.json").write_text(json.dumps(rows, indent=1) + "\n")
+    out = Path(__file__).with_name(f"worker_faults_{'_'.join(only)}.json")
+    out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":
