@@ -224,7 +224,9 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         if self.restarts[w] >= self.max_restarts:
             raise WorkerError(f"env worker {w} {why}, {self.restarts[w] + 1} times; giving up")
         self.restarts[w] += 1
-        self._void[w] |= self._in_flight[w]
+        # Every request the lost worker had, answered or not: an answer received but not yet
+        # collected describes slots whose episodes are now gone, so it is void too.
+        self._void[w] |= self._in_flight[w] | set(self._stash[w])
         self._in_flight[w] = set()
         self._stash[w] = {}
         self._start_worker(w)
