@@ -411,8 +411,9 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
                 pass
         for proc in self._procs:
             proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.is_alive():  # hung or stopped (SIGTERM waits on a stopped process; SIGKILL
+                proc.kill()  # does not, and Python's exit would otherwise wait on it forever)
+                proc.join(timeout=5)
 
     def __del__(self):
         try:
