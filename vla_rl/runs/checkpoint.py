@@ -123,7 +123,7 @@ def find_checkpoint(directory: str | Path) -> Path | None:
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(tree, state) as saved; tensors on the CPU. Raises CheckpointError for a checkpoint of an
     older format or a damaged one, naming the directory."""
-    from safetensors.torch import load_file
+    from vla_rl.core.policy import read_safetensors  # refuses pickles unread, one-line errors
 
     directory = Path(directory)
     if not (directory / TREE_FILE).is_file():
@@ -137,8 +137,8 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, Any], dict[str, An
     try:
         meta = json.loads((directory / TREE_FILE).read_text())
         state = json.loads((directory / STATE_FILE).read_text())
-        tensors = load_file(str(directory / TENSORS_FILE))
-    except (OSError, ValueError) as err:  # json and safetensors raise ValueError subclasses
+        tensors = read_safetensors(directory / TENSORS_FILE)
+    except (OSError, ValueError) as err:  # json's errors and read_safetensors' are ValueErrors
         raise CheckpointError(f"{directory}: damaged checkpoint ({err})") from err
     if meta.get("format") != FORMAT:
         raise CheckpointError(

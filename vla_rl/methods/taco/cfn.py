@@ -178,7 +178,7 @@ class CoinFlipNetwork(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path) -> CoinFlipNetwork:
-        from safetensors.torch import load_file
+        from vla_rl.core.policy import read_safetensors  # refuses pickles unread, one-line errors
 
         directory = Path(directory)
         if not (directory / VERIFIER_CONFIG).is_file():
@@ -188,7 +188,7 @@ class CoinFlipNetwork(nn.Module):
             )
         config = json.loads((directory / VERIFIER_CONFIG).read_text())
         model = cls(config["feature_dim"], CFNConfig(**config["cfn"]))
-        model.load_state_dict(load_file(str(directory / VERIFIER_WEIGHTS)))
+        model.load_state_dict(read_safetensors(directory / VERIFIER_WEIGHTS))
         return model.eval()
 
 
