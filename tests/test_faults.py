@@ -159,3 +159,44 @@ def test_a_worker_that_keeps_failing_ends_the_run_with_one_line(tmp_path, capsys
     with pytest.raises(WorkerError, match="giving up"):
         rollout(bench, EnvConfig(num_envs=2, num_workers=1), GreedyToyPolicy(),
                 first_episodes(bench.tasks("eval"), 2))  # fmt: skip
+
+
+RESIDUAL = ["finetune", "--method", "residual", "--tasks", "button-press-topdown-v3",
+            "--env-steps", "600", "--eval-every", "100000", "--eval-episodes", "1",
+            "--final-eval-episodes", "1", "--videos", "0", "--logger", "none", "--no-progress",
+            "--env.num-envs", "2", "--env.num-workers", "0", "--env.max-steps", "82",
+            "--residual.learning-starts", "60", "--residual.critic-warmup-updates", "5",
+            "--residual.batch-size", "32", "--residual.hidden", "32",
+            "--residual.num-critics", "2", "--residual.save-every", "100",
+            "--residual.demos", "none"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_residual_killed_mid_episode_resumes_to_the_uninterrupted_result(tmp_path):
+    """The checkpoint every 100 env steps lands inside episodes (82-step horizon, 2 slots): a
+    resumed run replays the episodes in progress and ends with the weights of the run left
+    alone, not merely a run that goes on. Every run in a process of its own: this one's torch is
+    single-threaded (conftest), which rounds the updates differently."""
+    import json
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    cmd = [sys.executable, "-m", "vla_rl.cli", *RESIDUAL, "--output-dir"]
+    subprocess.run([*cmd, str(straight)], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    state = killed / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 120
+    while not (state.is_file() and json.loads(state.read_text())["env_steps"] >= 200):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = json.loads(state.read_text())
+    assert saved["env_steps"] < 600 and any(s for s in saved["inflight"])
+    resumed = subprocess.run([*cmd, str(killed), "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0 and "did not replay" not in resumed.stderr
+    a, b = weights(straight), weights(killed)
+    assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
+    ra, rb = (json.loads((r / "results.json").read_text()) for r in (straight, killed))
+    assert (ra["updates"], ra["train_episodes"], ra["per_task"]) == (
+        rb["updates"], rb["train_episodes"], rb["per_task"])  # fmt: skip

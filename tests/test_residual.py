@@ -171,9 +171,12 @@ def test_slot_episodes_turn_finished_episodes_into_transitions():
     obs = [{"state": np.full((2, 2), float(t), np.float32), "task": ["left", "right"],
             "base_action": np.full((2, 1), 0.1 * t, np.float32)} for t in range(3)]  # fmt: skip
     units = [torch.full((2, 1), 0.5 * t) for t in range(3)]
-    assert store.record(obs[0], units[0], units[0], [step(False, False)] * 2, obs[1]) == []
-    done = store.record(obs[1], units[1], units[1], [step(True, False), step(False, False)],
-                        obs[2])  # fmt: skip
+    assert (
+        store.record(obs[0], units[0], units[0], units[0].numpy(), [step(False, False)] * 2, obs[1])
+        == []
+    )
+    steps = [step(True, False), step(False, False)]
+    done = store.record(obs[1], units[1], units[1], units[1].numpy(), steps, obs[2])
     assert [(f.slot, f.success) for f in done] == [(0, True)]
     rows = done[0].transitions
     np.testing.assert_array_equal(rows["state"][:, 0], [0, 1])
@@ -190,9 +193,11 @@ def test_slot_episodes_drop_an_episode_whose_env_was_lost():
     obs = [{"state": np.full((2, 2), float(t), np.float32), "task": ["left", "right"],
             "base_action": np.full((2, 1), 0.1 * t, np.float32)} for t in range(3)]  # fmt: skip
     units = [torch.full((2, 1), 0.5 * t) for t in range(3)]
-    store.record(obs[0], units[0], units[0], [step(False)] * 2, obs[1])
+    store.record(obs[0], units[0], units[0], units[0].numpy(), [step(False)] * 2, obs[1])
     store.drop([1])  # slot 1's worker died: its episode so far is gone
-    done = store.record(obs[1], units[1], units[1], [step(False), SlotStep.lost_slot()], obs[2])
+    done = store.record(
+        obs[1], units[1], units[1], units[1].numpy(), [step(False), SlotStep.lost_slot()], obs[2]
+    )
     assert done == [] and len(store.episodes[0].states) == 2
     assert len(store.episodes[1].states) == 0  # nothing of the lost step was kept either
 

@@ -4,7 +4,8 @@
     python docs/results/kill9_issue16/kill9.py grpo 20 /tmp/kill9    # method, kills, scratch dir
 
 Prints one JSON line per kill (seconds into the attempt, checkpoint RL/env steps before and
-after, whether a checkpoint was being written, workers left alive) and a summary; writes
+after, whether a checkpoint was being written, workers left alive) and a summary; every fourth
+kill during training lands inside a checkpoint's writing; writes
 `summary_<method>.json` next to this script.
 """
 
@@ -135,7 +136,13 @@ def main(method: str, kills: int, scratch: Path) -> None:
             break
         before = state(run)
         started = time.monotonic()
-        if before.get("env_steps", 0) < BUDGET[method]:
+        if done % 4 == 3 and before.get("env_steps", 0) < BUDGET[method]:
+            # Every fourth kill: inside the next checkpoint's writing, the moment its temporary
+            # directory appears (polled every millisecond; a checkpoint takes milliseconds).
+            while proc.poll() is None and not list(run.glob(".checkpoint.*.tmp")):
+                time.sleep(0.001)
+            offset = 0.0
+        elif before.get("env_steps", 0) < BUDGET[method]:
             # Still training: wait for the next checkpoint, then kill at a random moment of the
             # step after it (rollout, update, evaluation or the next checkpoint's writing).
             while proc.poll() is None and state(run) == before:
@@ -145,6 +152,8 @@ def main(method: str, kills: int, scratch: Path) -> None:
             offset = random.uniform(2.0, 15.0)
         delay = time.monotonic() - started + offset
         try:
+            if offset == 0.0 and proc.poll() is None:
+                raise subprocess.TimeoutExpired(proc.args, 0)
             proc.wait(timeout=offset)
             continue  # it finished or failed before the kill
         except subprocess.TimeoutExpired:

@@ -73,7 +73,7 @@ class ResidualConfig:
     deterministic); exploration comes from the residual only."""
     save_every: int = 10_000
     """Env steps between checkpoints (and one at the end). The online buffer is saved with
-    them, so --resume continues with the same data; episodes in progress are dropped."""
+    them, and the episodes in progress, so --resume continues exactly where the run was."""
 
 
 def check_residual_config(rcfg: ResidualConfig) -> None:

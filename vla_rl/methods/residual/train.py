@@ -8,6 +8,7 @@ to fill the buffer; the learner (`learner.py`) holds the update math and schedul
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 from vla_rl.core.benchmark import random_episode
 from vla_rl.core.config import to_dict
+from vla_rl.methods.residual import inflight
 from vla_rl.methods.residual.config import ResidualConfig, check_residual_config
 from vla_rl.methods.residual.learner import Residual
 from vla_rl.methods.residual.policy import ResidualPolicy
@@ -73,23 +75,34 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
 
     slots = list(range(venv.num_envs))
     store = SlotEpisodes(policy, venv.num_envs, rcfg.n_step, rcfg.gamma)
-    venv.reset_slots(slots, [random_episode(tasks, rng) for _ in slots])
-    obs = venv.observe(slots)
+    owed = state.pop("owed", 0.0)  # critic updates due but not yet run (utd per env step)
+    metrics: dict[str, float] = state.pop("last_metrics", {})
+    if "inflight" in state:  # resumed: continue the episodes the checkpoint caught in progress
+        obs, failed = inflight.resume(venv, store, setup.saved_tree["inflight"],
+                                      state.pop("inflight"), tasks)  # fmt: skip
+        if failed:  # their env was lost, or this is not the simulator that ran them
+            print(f"resume: {len(failed)} episode(s) in progress did not replay exactly; "
+                  "they start afresh", file=sys.stderr)  # fmt: skip
+            store.drop(failed)
+            venv.reset_slots(failed, [random_episode(tasks, rng) for _ in failed])
+            obs = venv.observe(slots)
+    else:
+        venv.reset_slots(slots, [random_episode(tasks, rng) for _ in slots])
+        obs = venv.observe(slots)
     if not state["curve"]:  # the residual starts at exactly 0: this point is the base's success
         record_eval_point(policy, setup, cfg, state, logger)
     bar = training_bar(cfg, state, f"residual {','.join(names)}", smoothing=0.05,
                        checkpoints=f"every {rcfg.save_every} env steps (episodes in progress "
-                       "are not in it)")  # fmt: skip
-    owed = 0.0  # critic updates due but not yet run (utd per env step)
+                       "included)")  # fmt: skip
     evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     last_save = state["env_steps"]
-    metrics: dict[str, float] = {}
     try:
         while state["env_steps"] < cfg.env_steps:
             start = time.perf_counter()
             warm = state["env_steps"] < rcfg.learning_starts
             base_unit, action_unit = act(policy, obs, warm, rcfg)
-            ticket = venv.step_async(slots, policy.from_unit(action_unit)[:, None].numpy())
+            env_action = policy.from_unit(action_unit).numpy()
+            ticket = venv.step_async(slots, env_action[:, None])
             if not warm and len(online) > 0:  # the learner and the simulator overlap
                 owed += rcfg.utd * len(slots)
                 owed, metrics = agent.learn(online, demos, rng, state, owed)
@@ -100,7 +113,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 venv.reset_slots(lost, [random_episode(tasks, rng) for _ in lost])
                 state["episodes_lost"] = state.get("episodes_lost", 0) + len(lost)
             next_obs = venv.observe(slots)  # includes the base action at the next state
-            finished = store.record(obs, base_unit, action_unit, results, next_obs)
+            finished = store.record(obs, base_unit, action_unit, env_action, results, next_obs)
             for episode in finished:
                 online.add(episode.transitions)
             steps = sum(r.steps for r in results)
@@ -126,9 +139,11 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 record_eval_point(policy, setup, cfg, state, logger)
             if state["env_steps"] - last_save >= rcfg.save_every or done:
                 last_save = state["env_steps"]
-                saved = dict(state, numpy_rng=rng.bit_generator.state,
+                episodes, specs = inflight.snapshot(venv, store, obs)
+                saved = dict(state, numpy_rng=rng.bit_generator.state, owed=owed,
+                             last_metrics=metrics, inflight=specs,
                              identity=training_identity(cfg))  # fmt: skip
-                checkpoint(run, agent, online, saved)
+                checkpoint(run, agent, online, saved, episodes)
     finally:
         bar.close()
         venv.close()
@@ -173,10 +188,14 @@ def act(
     return base_unit, (base_unit + residual).clamp(-1, 1)
 
 
-def checkpoint(run: Path, agent: Residual, online: ReplayBuffer, state: dict) -> None:
-    """The learner's tensors and the torch RNG, state.json (counters, curve, numpy RNG), policy/
-    and the online buffer, published in one atomic rename (`vla_rl.runs.checkpoint`)."""
-    tree = {"learner": agent.state_dict(), "torch_rng": torch.random.get_rng_state()}
+def checkpoint(
+    run: Path, agent: Residual, online: ReplayBuffer, state: dict, episodes: list[dict]
+) -> None:
+    """The learner's tensors, the torch RNG and the episodes in progress (`inflight.py`),
+    state.json (counters, curve, numpy RNG), policy/ and the online buffer, published in one
+    atomic rename (`vla_rl.runs.checkpoint`)."""
+    tree = {"learner": agent.state_dict(), "torch_rng": torch.random.get_rng_state(),
+            "inflight": episodes}  # fmt: skip
     save_checkpoint(run / "checkpoint", tree, state, partial(write_extra, agent.policy, online))
 
 

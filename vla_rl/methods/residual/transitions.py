@@ -155,12 +155,14 @@ def demo_buffer(
 @dataclass
 class _Episode:
     """One slot's episode so far: per control step the state (Ds,), the normalised base action
-    and executed action (Da,), and the sparse reward."""
+    and executed action (Da,), the sparse reward, and the action as the env received it (Da,),
+    which a resumed run replays (`inflight.py`)."""
 
     states: list[np.ndarray] = field(default_factory=list)
     bases: list[np.ndarray] = field(default_factory=list)
     actions: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
+    env_actions: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -174,8 +176,8 @@ class Finished:
 
 class SlotEpisodes:
     """The episode in progress on each of B env slots, one control step at a time (chunk size 1);
-    an episode that ends becomes its L n-step transitions. Episodes in progress are not
-    checkpointed: a resumed run starts every slot on a new episode."""
+    an episode that ends becomes its L n-step transitions. Checkpoints hold the episodes in
+    progress (`inflight.py`): a resumed run continues them."""
 
     def __init__(self, policy: ResidualPolicy, num_slots: int, n_step: int, gamma: float):
         self.policy, self.n_step, self.gamma = policy, n_step, gamma
@@ -191,12 +193,14 @@ class SlotEpisodes:
         obs: Observation,
         base_unit: torch.Tensor,
         action_unit: torch.Tensor,
+        env_action: np.ndarray,
         results: list[SlotStep],
         next_obs: Observation,
     ) -> list[Finished]:
         """Append one step to every slot: obs before it (with "base_action"), base_unit and
-        action_unit (B, Da), results of slots 0..B-1, next_obs after it (the state and base
-        action there close a truncated episode's last n-step target)."""
+        action_unit (B, Da), env_action (B, Da) as sent to the env, results of slots 0..B-1,
+        next_obs after it (the state and base action there close a truncated episode's last
+        n-step target)."""
         finished = []
         for i, res in enumerate(results):
             if res.lost:  # its env was lost with its worker; `drop` has started it afresh
@@ -206,6 +210,7 @@ class SlotEpisodes:
             ep.bases.append(base_unit[i].numpy())
             ep.actions.append(action_unit[i].numpy())
             ep.rewards.append(1.0 if res.terminated else 0.0)  # sparse success
+            ep.env_actions.append(env_action[i])
             if not (res.terminated or res.truncated):
                 continue
             states = np.stack(ep.states + [next_obs["state"][i]])
