@@ -62,6 +62,8 @@ CASES = [
         "--grpo.group-size",
     ),
     ("finetune", ["--method", "grpo", "--grpo.group-size", "1"], "--grpo.group-size"),
+    ("finetune", ["--method", "grpo", "--grpo.dual-clip", "0.5"], "--grpo.dual-clip"),
+    ("finetune", ["--method", "ppo", "--ppo.dual-clip", "1"], "--ppo.dual-clip"),
     ("pretrain", ["--dataset", "missing", "--lr", "inf"], "--lr"),
     ("pretrain", ["--dataset", "missing", "--lr", "0"], "--lr"),
     ("collect", ["--action-noise", "nan"], "--action-noise"),

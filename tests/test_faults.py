@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 TESTS = Path(__file__).resolve().parent
@@ -159,6 +160,37 @@ def test_a_worker_that_keeps_failing_ends_the_run_with_one_line(tmp_path, capsys
     with pytest.raises(WorkerError, match="giving up"):
         rollout(bench, EnvConfig(num_envs=2, num_workers=1), GreedyToyPolicy(),
                 first_episodes(bench.tasks("eval"), 2))  # fmt: skip
+
+
+def test_a_reply_received_before_its_worker_was_lost_is_void_not_awaited(tmp_path):
+    """Two requests in flight on one worker, collected in the other order (the engine's
+    pipelining): waiting on the second (its step hangs) stashes the first's reply, then the
+    worker is lost. The first must then report lost at once: its reply described an env that
+    is gone, and the fresh worker will never send it (before a137fcc: a wait for ever without a
+    step timeout, a second timeout and restart with one)."""
+    from toy_benchmark import FaultyToyBenchmark
+
+    from vla_rl.core.benchmark import EnvConfig
+    from vla_rl.core.types import EpisodeSpec
+
+    bench = FaultyToyBenchmark(1001, str(tmp_path / "hung-once"), "hang")
+    task = bench.tasks("eval")[0]
+    venv = bench.make_env([], EnvConfig(num_envs=2, num_workers=1, step_timeout_s=2.0))
+    try:
+        venv.reset_slots([0, 1], [EpisodeSpec(task, 1000), EpisodeSpec(task, 1001)])
+        action = np.zeros((1, 1, *venv.single_action_space.shape), dtype=np.float32)
+        first = venv.step_async([0], action)
+        second = venv.step_async([1], action)  # hangs in the worker
+        assert venv.step_wait(second)[0].lost  # after the 2 s timeout; first's reply stashed
+        start = time.monotonic()
+        assert venv.step_wait(first)[0].lost
+        assert time.monotonic() - start < 1.0 and venv.restarts == [1]
+        venv.reset_slots([0, 1], [EpisodeSpec(task, 1000), EpisodeSpec(task, 1001)])
+        assert not any(
+            r.lost for r in venv.step_wait(venv.step_async([0, 1], np.repeat(action, 2, 0)))
+        )
+    finally:
+        venv.close()
 
 
 RESIDUAL = ["finetune", "--method", "residual", "--tasks", "button-press-topdown-v3",

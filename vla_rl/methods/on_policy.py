@@ -120,6 +120,8 @@ def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
         raise ConfigError(f"--{flag}.temperature and --{flag}.lr must be > 0")
     if not (0 <= pg.clip_low < 1 and pg.clip_high >= 0):
         raise ConfigError(f"--{flag}.clip-low must be in [0, 1) and --{flag}.clip-high >= 0")
+    if pg.dual_clip is not None and not pg.dual_clip > 1:  # c <= 1 would cap below the clip
+        raise ConfigError(f"--{flag}.dual-clip must be > 1 or None (off), got {pg.dual_clip}")
     if pg.lora_rank < 0:
         raise ConfigError(f"--{flag}.lora-rank must be >= 0")
     if pg.rollout_workers < 0:
