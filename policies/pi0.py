@@ -40,6 +40,7 @@ from vla_rl.io.atomic import atomic_directory
 from vla_rl.policies.gaussian_chain import FlowChainSampling, flow_transition
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
+    check_loading_info,
     compute_dtype,
     default_device,
     pad_last_dim,
@@ -47,6 +48,7 @@ from vla_rl.policies.vla_checkpoint import (
     read_config,
     read_normaliser,
     resize_with_pad,
+    scan_weight_files,
 )
 
 # openpi's Gemma variants, which lerobot's pi0 config names (width, depth, mlp, heads, kv, head).
@@ -131,6 +133,7 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
     def __init__(self, directory: str | Path, options: Pi0LoadOptions | None = None):
         super().__init__()
         from transformers import AutoTokenizer, PI0Config, PI0ForConditionalGeneration
+        from transformers.utils import logging as transformers_logging
 
         self.directory = Path(directory)
         raw = read_config(directory, "pi0")
@@ -144,9 +147,18 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
         self.options = options = options or self.load_options()
         tokenizer, num_steps = options.tokenizer, options.num_steps
         torch_dtype = compute_dtype(options.dtype)
-        self.model = PI0ForConditionalGeneration.from_pretrained(
-            str(directory), config=cfg, dtype=torch_dtype
-        ).to(default_device())
+        scan_weight_files(directory)  # from_pretrained checks neither finiteness nor names
+        verbosity = transformers_logging.get_verbosity()
+        transformers_logging.set_verbosity_error()  # its load report: one line of ours instead
+        try:
+            self.model, info = PI0ForConditionalGeneration.from_pretrained(
+                str(directory), config=cfg, dtype=torch_dtype, output_loading_info=True,
+                ignore_mismatched_sizes=True,  # report wrong shapes in `info`, checked below
+            )  # fmt: skip
+        finally:
+            transformers_logging.set_verbosity(verbosity)
+        check_loading_info(info, self.directory, "pi0")
+        self.model.to(default_device())
         self.tokenizer_dir = Path(tokenizer) if tokenizer else self.directory
         if not (self.tokenizer_dir / "tokenizer_config.json").is_file():
             raise FileNotFoundError(f"no PaliGemma tokenizer in {self.tokenizer_dir}; pass "

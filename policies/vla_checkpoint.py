@@ -26,6 +26,7 @@ from vla_rl.core.policy import (
     json_type,
     read_json_object,
     read_safetensors,
+    unreadable_as_one_line,
 )
 from vla_rl.io.atomic import atomic_directory
 
@@ -46,9 +47,57 @@ def read_config(directory: str | Path, family: str) -> dict[str, Any]:
 def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint: model.safetensors, or the shards its index file lists,
     each parsed by `read_safetensors` (a pickle, empty or truncated file refused in one line)."""
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(directory):
+        state.update(read_safetensors(path))
+    return state
+
+
+def scan_weight_files(directory: str | Path) -> None:
+    """Check every weights file of a checkpoint the way `read_safetensors` and `check_state`
+    would (parses as safetensors, no pickle, every floating tensor finite), reading one tensor
+    at a time: for a family whose loader reads the files itself (transformers'
+    from_pretrained), which checks none of this, without a second GB-sized copy in memory."""
+    from safetensors import safe_open
+
+    for path in weight_files(directory):
+        with unreadable_as_one_line(path), safe_open(str(path), "pt") as f:
+            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                tensor = f.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    n = int((~torch.isfinite(tensor)).sum())
+                    raise PolicyCheckpointError(
+                        f"{path}: tensor {name!r} holds {n} NaN/inf value(s); expected finite "
+                        "weights (a diverged training run?)"
+                    )
+
+
+def check_loading_info(info: dict[str, Any], directory: Path, family: str) -> None:
+    """Refuse what transformers' from_pretrained(output_loading_info=True,
+    ignore_mismatched_sizes=True) only warns about: tensors the architecture has and the file
+    lacks (left at random init), names it does not know, shapes that differ. One line."""
+    parts = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected")):
+        names = sorted(info.get(key) or ())
+        if names:
+            parts.append(f"{len(names)} {what} tensor(s) (e.g. {', '.join(names[:3])})")
+    wrong = list(info.get("mismatched_keys") or ())
+    if wrong:
+        name, got, want = wrong[0]
+        parts.append(f"{len(wrong)} of the wrong shape (e.g. {name}: {tuple(got)} in the file, "
+                     f"{tuple(want)} expected)")  # fmt: skip
+    if parts:
+        raise PolicyCheckpointError(
+            f"{directory}: the {family} checkpoint does not match the {family} architecture its "
+            "config.json describes: " + "; ".join(parts)
+        )
+
+
+def weight_files(directory: str | Path) -> list[Path]:
+    """model.safetensors, or the shards model.safetensors.index.json lists (each must exist)."""
     directory = Path(directory)
     if (directory / WEIGHTS_FILE).is_file():
-        return read_safetensors(directory / WEIGHTS_FILE)
+        return [directory / WEIGHTS_FILE]
     if (directory / INDEX_FILE).is_file():
         index = read_json_object(directory / INDEX_FILE)
         weight_map = index.get("weight_map")
@@ -57,14 +106,12 @@ def load_safetensors_dir(directory: str | Path) -> dict[str, torch.Tensor]:
             raise PolicyCheckpointError(
                 f"{directory / INDEX_FILE}: no 'weight_map' object of tensor name -> shard file"
             )
-        state: dict[str, torch.Tensor] = {}
         for shard in sorted(set(shards)):
             if not (directory / shard).is_file():
                 raise PolicyCheckpointError(
                     f"{directory / shard}: missing; {INDEX_FILE} lists it as a weight shard"
                 )
-            state.update(read_safetensors(directory / shard))
-        return state
+        return [directory / shard for shard in sorted(set(shards))]
     raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE} and no {INDEX_FILE}")
 
 

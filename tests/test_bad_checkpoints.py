@@ -244,3 +244,32 @@ def test_real_vla_normaliser_statistics_are_checked(tmp_path, tiny_smolvla):
     normaliser_without_action_std(directory)
     with pytest.raises(PolicyCheckpointError, match="no action.std; expected the MEAN_STD"):
         load_policy("smolvla", ToyBenchmark(), str(directory))
+
+
+@pytest.fixture(scope="module")
+def tiny_pi0(tmp_path_factory):
+    from vla_rl.policies.pi0_tiny import write_tiny_pi0
+
+    return write_tiny_pi0(tmp_path_factory.mktemp("pi0") / "tiny", 4, 6)
+
+
+PI0_CASES = {  # transformers' from_pretrained loads all of these with a warning at most
+    "missing": (lambda s: s.pop(sorted(s)[0]), "1 missing tensor(s)"),
+    "wrong-shape": (lambda s: s.update({sorted(s)[0]: torch.zeros(3)}), "1 of the wrong shape"),
+    "unexpected": (lambda s: s.update({"extra.weight": torch.zeros(3)}), "1 unexpected"),
+    "nan": (lambda s: set_tensor(sorted(s)[0], float("nan"))(s), "NaN/inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(PI0_CASES))
+def test_a_pi0_checkpoint_is_checked_before_transformers_loads_it(tmp_path, tiny_pi0, case):
+    import shutil
+
+    directory = tmp_path / "pi0"
+    shutil.copytree(tiny_pi0, directory)
+    load_policy("pi0", None, str(directory))  # intact: loads
+    corrupt, phrase = PI0_CASES[case]
+    edit_weights(corrupt)(directory)
+    with pytest.raises(PolicyCheckpointError) as err:
+        load_policy("pi0", None, str(directory))
+    assert "\n" not in str(err.value) and phrase in str(err.value), str(err.value)

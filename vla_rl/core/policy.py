@@ -8,7 +8,8 @@ import json
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -320,8 +321,18 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     nothing in it can run code). A pickle in its place (torch.save's output) is refused by its
     first bytes without being unpickled, since unpickling a crafted file runs arbitrary code;
     an empty, truncated or corrupt file becomes one PolicyCheckpointError line."""
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    with unreadable_as_one_line(path):
+        return load_file(str(path))
+
+
+@contextmanager
+def unreadable_as_one_line(path: Path) -> Iterator[None]:
+    """Refuse `path` unless it may be a safetensors file (not empty, not a pickle: checked by
+    its first bytes, never unpickled), then run the block that parses it, turning safetensors'
+    errors (truncated, corrupt) into one PolicyCheckpointError line."""
+    from safetensors import SafetensorError
 
     size = path.stat().st_size
     if size == 0:
@@ -338,8 +349,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             "(expected the safetensors file save_pretrained writes)"
         )
     try:
-        return load_file(str(path))
+        yield
     except (SafetensorError, OSError, ValueError) as err:
+        if isinstance(err, PolicyCheckpointError):
+            raise
         raise PolicyCheckpointError(
             f"{path}: not a readable safetensors file ({one_line(err)}, {size} bytes); expected "
             "the file save_pretrained writes (truncated by an interrupted copy?)"
