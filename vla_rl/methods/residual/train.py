@@ -112,6 +112,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 store.drop(lost)
                 venv.reset_slots(lost, [random_episode(tasks, rng) for _ in lost])
                 state["episodes_lost"] = state.get("episodes_lost", 0) + len(lost)
+                logger.log(state["env_steps"], {"train/episodes_lost": state["episodes_lost"]})
             next_obs = venv.observe(slots)  # includes the base action at the next state
             finished = store.record(obs, base_unit, action_unit, env_action, results, next_obs)
             for episode in finished:
