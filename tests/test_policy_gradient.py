@@ -72,6 +72,25 @@ def test_group_advantages_and_dynamic_sampling_by_hand():
     assert groups_with_contrast(scores.bool(), groups, 0.0, 1.0).all()
 
 
+def test_episodes_per_step_follow_from_the_tasks():
+    from vla_rl.methods.grpo import GRPO, GRPOConfig
+    from vla_rl.methods.on_policy import auto_episodes_per_step
+    from vla_rl.methods.ppo import PPO, PPOConfig
+
+    # by hand: the least multiple of K x T that is >= 64
+    assert auto_episodes_per_step(0, 1, 8) == 64  # one task: the calibrated 8 x 8
+    assert auto_episodes_per_step(0, 10, 8) == 80  # MT10: one group of 8 per task
+    assert auto_episodes_per_step(0, 3, 8) == 72  # 3 groups per task
+    assert auto_episodes_per_step(0, 10) == 70  # ppo on MT10: 7 per task on average
+    assert auto_episodes_per_step(40, 10, 4) == 40  # asked for: kept
+    bench = ToyBenchmark()
+    grpo = GRPO(GRPOConfig(), tiny_flow(), bench, ["left", "right"])
+    assert (grpo.episodes_per_step, grpo.states_per_task) == (64, 4)
+    episodes = grpo.episodes(bench.tasks("train"), np.random.default_rng(0))
+    assert len(episodes) == 64 and {e.task.name for e in episodes} == {"left", "right"}
+    assert PPO(PPOConfig(), tiny_flow(), bench, ["left", "right"]).episodes_per_step == 64
+
+
 def test_clipped_surrogate_special_cases():
     log_ratio = torch.tensor([[0.5], [-1.0], [2.0], [0.1]], requires_grad=True)
     adv = torch.tensor([[1.0], [-1.0], [-1.0], [0.0]])

@@ -18,7 +18,12 @@ from typing import Any
 
 from vla_rl.core.benchmark import group_episodes
 from vla_rl.core.config import ConfigError
-from vla_rl.methods.on_policy import OnPolicyMethod, PolicyGradientConfig, train_on_policy
+from vla_rl.methods.on_policy import (
+    OnPolicyMethod,
+    PolicyGradientConfig,
+    auto_episodes_per_step,
+    train_on_policy,
+)
 from vla_rl.rl.advantages import group_advantages, groups_with_contrast
 
 
@@ -49,7 +54,7 @@ class GRPO(OnPolicyMethod):
     @classmethod
     def check_config(cls, pg) -> None:
         # the part of __init__'s rule that needs no task list, so it fails before setup_run
-        if pg.group_size < 2 or pg.episodes_per_step < pg.group_size:
+        if pg.group_size < 2 or 0 < pg.episodes_per_step < pg.group_size:
             raise ConfigError(
                 f"--{cls.name}.episodes-per-step ({pg.episodes_per_step}) must hold at least one "
                 f"group of --{cls.name}.group-size ({pg.group_size}, >= 2)"
@@ -57,12 +62,14 @@ class GRPO(OnPolicyMethod):
 
     def __init__(self, pg, policy, benchmark, tasks):
         super().__init__(pg, policy, benchmark, tasks)
-        per_task = self.pg.episodes_per_step // (self.pg.group_size * len(tasks))
+        self.episodes_per_step = auto_episodes_per_step(pg.episodes_per_step, len(tasks),
+                                                        pg.group_size)  # fmt: skip
+        per_task = self.episodes_per_step // (self.pg.group_size * len(tasks))
         if self.pg.group_size < 2 or per_task < 1:
             raise ConfigError(
                 f"--{self.name}.episodes-per-step ({self.pg.episodes_per_step}) must hold at "
                 f"least one group of --{self.name}.group-size ({self.pg.group_size}, >= 2) per "
-                f"task ({len(tasks)} tasks)"
+                f"task ({len(tasks)} tasks; 0 chooses a count that does)"
             )
         self.states_per_task = per_task
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,9 +57,12 @@ class PolicyGradientConfig:
     """Settings every on-policy method shares. Each method's subclass sets its own defaults and
     says where they come from."""
 
-    episodes_per_step: int = 64
-    """Rollouts per RL step (whole episodes). SRPO's released scripts use 512 (64 prompts x 8);
-    64 keeps one step near a minute on a 2-core CPU with the bundled Meta-World policies."""
+    episodes_per_step: int = 0
+    """Rollouts per RL step (whole episodes). 0 (auto): the least count >= 64 that gives every
+    task the same number of whole groups (`auto_episodes_per_step`): 64 on one task, 80 on
+    MT10 with groups of 8 (one per task), 70 for ppo on MT10. 64 is what the bundled Meta-World
+    policies were measured with on one task (lr 1e-4, docs/RESULTS.md: a step near a minute on a
+    2-core CPU); SRPO's released scripts use 512 (64 prompts x 8)."""
     lr: float = 1e-5
     """Adam learning rate of the policy (or its LoRA adapters)."""
     epochs: int = 1
@@ -108,8 +112,23 @@ class PolicyGradientConfig:
     unless it is selected."""
 
 
+AUTO_EPISODES = 64  # the rollouts per RL step the defaults were measured with (one task)
+
+
+def auto_episodes_per_step(requested: int, num_tasks: int, group_size: int = 1) -> int:
+    """`requested`, or for 0 the least multiple of group_size x num_tasks that is at least
+    AUTO_EPISODES: every task gets the same number of whole groups, and a step holds about as
+    many rollouts as the single-task runs the learning rates were chosen for."""
+    if requested:
+        return requested
+    unit = group_size * num_tasks
+    return unit * math.ceil(AUTO_EPISODES / unit)
+
+
 def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
-    for name in ("episodes_per_step", "epochs", "minibatch_size", "rollout_envs", "save_every"):
+    if pg.episodes_per_step < 0:
+        raise ConfigError(f"--{flag}.episodes-per-step must be >= 1, or 0 (auto)")
+    for name in ("epochs", "minibatch_size", "rollout_envs", "save_every"):
         if getattr(pg, name) < 1:
             raise ConfigError(f"--{flag}.{name.replace('_', '-')} must be >= 1")
     if pg.reduction not in REDUCTIONS:
@@ -218,6 +237,8 @@ class OnPolicyMethod:
         """pg: this method's settings; tasks: the resolved names of the tasks trained on."""
         self.pg, self.policy, self.benchmark, self.tasks = pg, policy, benchmark, tasks
         self.reward = build_rewards(pg.reward, pg.reward_weights, pg, policy)
+        self.episodes_per_step = auto_episodes_per_step(pg.episodes_per_step, len(tasks))
+        """This run's rollouts per RL step (pg.episodes_per_step resolved)."""
 
     @classmethod
     def check_config(cls, pg: PolicyGradientConfig) -> None:
@@ -231,7 +252,7 @@ class OnPolicyMethod:
 
     def episodes(self, tasks: list[TaskSpec], rng: np.random.Generator) -> list[EpisodeSpec]:
         """This step's episodes: random initial states of the train split."""
-        return [random_episode(tasks, rng) for _ in range(self.pg.episodes_per_step)]
+        return [random_episode(tasks, rng) for _ in range(self.episodes_per_step)]
 
     def advantages(self, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
         """(advantages (T, B), kept episodes (B,) bool, metrics incl. "mean_reward"), from
@@ -379,6 +400,7 @@ def train_on_policy(
         "env_steps": state["env_steps"],
         "rl_steps": state["rl_steps"],
         "train_episodes": state["episodes"],
+        "episodes_per_step": method.episodes_per_step,
         "train_wall_s": round(state["wall_s"], 1),
         "mean_step_timing_s": timing,
         "lora_trainable_params": trainable,

@@ -58,6 +58,31 @@ def plot_comparison(
     save_figure(fig, path)
 
 
+def plot_per_task_curves(
+    points: list[dict], path: str | Path, title: str, x_key: str = "env_steps"
+) -> None:
+    """One line per task (points' "per_task" rates) and the mean over tasks, against x_key:
+    where a multi-task run learns and where it does not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = [p[x_key] for p in points]
+    for task in points[0]["per_task"]:
+        ax.plot(xs, [p["per_task"].get(task, float("nan")) for p in points], marker="o", ms=2,
+                lw=1, label=task)  # fmt: skip
+    ax.plot(xs, [p["success_rate"] for p in points], color="black", lw=2.5, label="mean")
+    ax.set_xlabel({"env_steps": "env steps"}.get(x_key, x_key))
+    ax.set_ylabel("success rate (eval split)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
 def plot_success_bars(groups: dict[str, dict[str, dict]], path: str | Path, title: str) -> None:
     """Success rates with 95% intervals as grouped bars: groups maps a panel title (a policy)
     to label -> results (`evaluate`'s dict: "success_rate", "success_ci95")."""

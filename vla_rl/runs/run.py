@@ -33,7 +33,7 @@ from vla_rl.io.atomic import (
 from vla_rl.io.provenance import provenance
 from vla_rl.runs.checkpoint import find_checkpoint, load_checkpoint
 from vla_rl.runs.metrics import MetricsLogger
-from vla_rl.runs.plots import plot_learning_curve
+from vla_rl.runs.plots import plot_learning_curve, plot_per_task_curves
 
 
 @dataclass
@@ -365,7 +365,9 @@ def record_eval_point(
     policy.train(was_training)
     point.update(fields)
     state["curve"].append(point)
-    logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"]})
+    per_task = {f"eval_task/{t}": v for t, v in point["per_task"].items()}
+    logger.log(state["env_steps"], {"eval/success_rate": point["success_rate"],
+                                    **(per_task if len(per_task) > 1 else {})})  # fmt: skip
 
 
 def finish_run(
@@ -384,5 +386,7 @@ def finish_run(
     policy.save_pretrained(run / "policy")
     plot_learning_curve(state["curve"], run / "learning_curve.png",
                         x_keys=("env_steps", "wall_s"), title=title)  # fmt: skip
+    if len(setup.names) > 1:  # a multi-task run: which tasks learned
+        plot_per_task_curves(state["curve"], run / "learning_curve_per_task.png", title)
     extra = {"policy_dir": str(run / "policy"), **extra, "curve": state["curve"]}
     return final_results(policy, setup.base, setup.benchmark, cfg, setup.names, run, extra)
