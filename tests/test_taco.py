@@ -4,6 +4,7 @@ selection and the noise bank behave as documented, the verifier round-trips, and
 `fit-verifier` + `eval --rerank` run end to end on a tiny policy and dataset."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +247,19 @@ def test_success_bars_plot(tmp_path):
     run = {"success_rate": 0.4, "success_ci95": [0.3, 0.5]}
     plot_success_bars({"flow": {"none": run, "taco K=4": run}}, tmp_path / "bars.png", "t")
     assert (tmp_path / "bars.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["metaworld-flow", "metaworld-tokenvla"])
+def test_bundled_bases_ship_a_verifier_and_a_users_own_fit_wins(tmp_path, monkeypatch, name):
+    from vla_rl.methods.taco.cfn import CoinFlipNetwork
+    from vla_rl.methods.taco.rerank import default_verifier_dir, find_verifier
+
+    monkeypatch.chdir(tmp_path)  # no runs/verifiers here: the shipped one
+    shipped = find_verifier(name)
+    assert shipped.parts[-3:] == ("checkpoints", name, "taco_verifier")
+    cfn = CoinFlipNetwork.load(shipped)
+    assert cfn.feature_dim > 0
+    own = default_verifier_dir(name)
+    assert own == Path("runs/verifiers") / name  # where fit-verifier writes, not the package
+    cfn.save(own)
+    assert find_verifier(name) == own

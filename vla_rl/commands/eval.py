@@ -53,7 +53,8 @@ class EvalConfig:
     choice) so candidate k gets the same noise at every step."""
     verifier: str | None = None
     """The TACO verifier directory (from `vla-rl fit-verifier`). None: <checkpoint>/taco_verifier,
-    or runs/verifiers/<name> for a registered policy name."""
+    or for a registered policy name runs/verifiers/<name> when you have fitted one, else the
+    verifier a bundled base ships with (its README.md says how it was fitted)."""
     progress: bool = True
     """Show a progress bar (episodes/s, ETA, running success)."""
     env: EnvConfig = field(default_factory=EnvConfig)
@@ -63,7 +64,7 @@ def main(args: list[str]) -> int:
     from vla_rl.core.benchmark import get_benchmark
     from vla_rl.core.policy import load_policy
     from vla_rl.evaluation.protocol import evaluate
-    from vla_rl.methods.taco.rerank import rerank_policy
+    from vla_rl.methods.taco.rerank import find_verifier, rerank_policy
 
     cfg = parse_cli(EvalConfig, args, prog="vla-rl eval", description=EvalConfig.__doc__ or "")
     if cfg.episodes is not None and cfg.episodes < 1:
@@ -76,6 +77,8 @@ def main(args: list[str]) -> int:
     # Validate every name before any env starts or any file is written.
     benchmark.resolve_task_names(list(cfg.tasks) or None)
     policy = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)
+    if cfg.rerank == "taco" and cfg.verifier is None:  # results.json names the one used
+        cfg.verifier = str(find_verifier(cfg.policy))
     policy = rerank_policy(policy, cfg.policy, cfg.rerank, cfg.candidates, cfg.noise, cfg.verifier)
     out = Path(cfg.output_dir or f"runs/eval/{cfg.benchmark}/{datetime.now():%Y%m%d-%H%M%S}")
     check_output_location(out, directory=True, flag="--output-dir")

@@ -25,6 +25,7 @@ import torch
 from vla_rl.core.policy import BasePolicy, naive_candidates
 from vla_rl.core.registry import check_choice
 from vla_rl.core.types import ActionSample, Observation, obs_batch_size
+from vla_rl.methods.taco.cfn import VERIFIER_CONFIG
 
 SELECTIONS = ("pseudo-count", "random")
 NOISES = ("fresh", "fixed")
@@ -136,13 +137,29 @@ RERANKS = ("none", "taco", "random")
 
 
 def default_verifier_dir(policy: str) -> Path:
-    """Where `fit-verifier` saves, and `eval --rerank taco` looks for, a policy's verifier:
-    inside a checkpoint directory (taco_verifier/), or runs/verifiers/<name> for a registered
-    name (a bundled checkpoint lives inside the installed package)."""
+    """Where `fit-verifier` saves a policy's verifier: inside a checkpoint directory
+    (taco_verifier/), or runs/verifiers/<name> for a registered name (a bundled checkpoint lives
+    inside the installed package, which is not the place for a user's fit)."""
     path = Path(policy)
     if (path / "config.json").is_file():
         return path / "taco_verifier"
     return Path("runs/verifiers") / policy
+
+
+def find_verifier(policy: str) -> Path:
+    """The verifier `eval --rerank taco` uses without --verifier: the user's own fit
+    (`default_verifier_dir`) when there is one, else the one a bundled base ships with (its
+    checkpoint's taco_verifier/, fitted by the commands in that checkpoint's README.md)."""
+    fitted = default_verifier_dir(policy)
+    if (fitted / VERIFIER_CONFIG).is_file():
+        return fitted
+    from vla_rl.core.registry import POLICIES
+
+    entry = POLICIES.get(policy) if policy in POLICIES else None
+    shipped = getattr(entry, "path", None)  # a bundled checkpoint's directory
+    if shipped is not None and (Path(shipped) / "taco_verifier" / VERIFIER_CONFIG).is_file():
+        return Path(shipped) / "taco_verifier"
+    return fitted  # absent: CoinFlipNetwork.load says how to fit one
 
 
 def rerank_policy(
@@ -154,7 +171,7 @@ def rerank_policy(
     verifier: str | None = None,
 ) -> BasePolicy:
     """`base` as `vla-rl eval --rerank` asks: unchanged ("none"), TACO ("taco": the verifier
-    from `verifier`, default `default_verifier_dir(policy)`), or a random candidate ("random")."""
+    from `verifier`, default `find_verifier(policy)`), or a random candidate ("random")."""
     from vla_rl.methods.taco.cfn import CoinFlipNetwork
 
     check_choice("rerank", rerank, RERANKS)
@@ -163,5 +180,5 @@ def rerank_policy(
         return base
     if rerank == "random":
         return RerankPolicy(base, None, num_candidates, "random", noise)
-    cfn = CoinFlipNetwork.load(verifier or default_verifier_dir(policy))
+    cfn = CoinFlipNetwork.load(verifier or find_verifier(policy))
     return RerankPolicy(base, cfn.pseudo_count, num_candidates, "pseudo-count", noise)
