@@ -314,3 +314,43 @@ def test_finetune_end_to_end_and_resume(tmp_path):
     res2 = finetune(cfg)
     assert res2["env_steps"] >= 480 and res2["updates"] > saved["updates"]
     assert len(res2["curve"]) == 3 and res2["curve"][1] == saved["curve"][1]
+
+
+def test_critic_ensemble_heads_and_polyak_by_hand():
+    from torch import nn
+
+    from vla_rl.rl.critics import CriticEnsemble, polyak
+
+    torch.manual_seed(0)
+    critic = CriticEnsemble(4, 5, 8)
+    feat, action = torch.randn(6, 3), torch.randn(6, 2)
+    full = critic(feat, action)
+    assert full.shape == (4, 6)
+    heads = torch.tensor([3, 1])  # REDQ's subset: the same values as those rows of all heads
+    torch.testing.assert_close(critic(feat, action, heads), full[heads], rtol=1e-6, atol=1e-6)
+    target, source = nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.fill_(1.0)
+        for p in source.parameters():
+            p.fill_(3.0)
+    polyak(target, source, 0.25)  # 0.75 * 1 + 0.25 * 3
+    assert all(torch.equal(p, torch.full_like(p, 1.5)) for p in target.parameters())
+
+
+def test_actor_step_computes_no_critic_weight_gradients():
+    """The actor's loss goes through the critics; their weight gradients are not needed there
+    (only the critic step uses them) and are not computed: one per critic parameter per update,
+    from the critic step."""
+    agent = Residual(make_residual(tiny_flow_base()), ResidualConfig(hidden=32, num_critics=2))
+    batch = fixed_batch()
+    calls = []
+    for p in agent.critic.parameters():
+        p.register_hook(lambda grad: calls.append(1))
+    agent.update(batch, update_actor=False)
+    critic_only = len(calls)
+    assert critic_only == len(list(agent.critic.parameters()))
+    actor_before = [p.detach().clone() for p in agent.policy.actor.parameters()]
+    agent.update(batch, update_actor=True)
+    assert len(calls) == 2 * critic_only  # the actor step added none
+    assert any(not torch.equal(a, p) for a, p in zip(actor_before, agent.policy.actor.parameters()))

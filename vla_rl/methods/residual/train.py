@@ -76,7 +76,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     slots = list(range(venv.num_envs))
     store = SlotEpisodes(policy, venv.num_envs, rcfg.n_step, rcfg.gamma)
     owed = state.pop("owed", 0.0)  # critic updates due but not yet run (utd per env step)
-    metrics: dict[str, float] = state.pop("last_metrics", {})
+    metrics: dict[str, Any] = state.pop("last_metrics", {})  # the last update's (tensors)
     if "inflight" in state:  # resumed: continue the episodes the checkpoint caught in progress
         obs, failed = inflight.resume(venv, store, setup.saved_tree["inflight"],
                                       state.pop("inflight"), tasks)  # fmt: skip
@@ -132,8 +132,8 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
             bar.update(steps)
 
             if metrics and state["env_steps"] // 1000 != (state["env_steps"] - len(slots)) // 1000:
-                logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
-                bar.set_postfix(q=f"{metrics['q_target']:.2f}", ep=state["episodes"],
+                logger.log(state["env_steps"], {f"train/{k}": float(v) for k, v in metrics.items()})
+                bar.set_postfix(q=f"{float(metrics['q_target']):.2f}", ep=state["episodes"],
                                 eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
             done = state["env_steps"] >= cfg.env_steps
             if evals.due(state["env_steps"], done):
@@ -142,7 +142,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
                 last_save = state["env_steps"]
                 episodes, specs = inflight.snapshot(venv, store, obs)
                 saved = dict(state, numpy_rng=rng.bit_generator.state, owed=owed,
-                             last_metrics=metrics, inflight=specs,
+                             last_metrics={k: float(v) for k, v in metrics.items()}, inflight=specs,
                              identity=training_identity(cfg))  # fmt: skip
                 checkpoint(run, agent, online, saved, episodes)
     finally:
