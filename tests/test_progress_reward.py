@@ -51,6 +51,22 @@ def test_progress_reward_on_a_hand_built_batch():
     assert soft[3:6].max() < 0.3 and soft[3] - soft[5] < fail[0] - fail[2]
 
 
+def test_a_task_without_success_is_scored_against_its_demonstrations():
+    cfg = ProgressRewardConfig()  # cap 0.6, steepness 10, minmax
+    emb = np.array([[5.0], [1.0], [3.0], [9.0]])
+    success = np.array([True, False, False, False])
+    tasks = ["a", "b", "b", "c"]  # a: one success; b and c: none
+    plain, stats = progress_rewards(emb, success, tasks, cfg)
+    np.testing.assert_allclose(plain, [1, 0, 0, 0])  # SRPO's released rule: no signal
+    assert stats["tasks_without_success"] == 2 and stats["tasks_scored_by_demos"] == 0
+    demos = {"b": np.array([[0.0], [0.0]])}  # b's demonstrations sit at 0; c has none
+    scored, stats = progress_rewards(emb, success, tasks, cfg, demos)
+    # b's failures at distance 1 and 3 from the demo centre: n = 0 and 1 (minmax)
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    np.testing.assert_allclose(scored, [1, 0.6 * sig(5), 0.6 * sig(-5), 0], rtol=1e-9)
+    assert stats["tasks_without_success"] == 2 and stats["tasks_scored_by_demos"] == 1
+
+
 def test_normalizations():
     d = np.array([1.0, 2.0, 100.0])
     assert np.allclose(normalize_distances(d, "minmax"), [0, 1 / 99, 1])
@@ -114,3 +130,24 @@ def test_spearman_by_hand():
     assert spearman(np.array([1, 2, 3, 4]), np.array([1, 5, 5, 9])) == pytest.approx(
         4.5 / np.sqrt(5 * 4.5)
     )
+
+
+def test_demonstration_references_are_embedded_once_per_task():
+    """`prepare` rolls out the scripted expert on each task's first train state, renders it like
+    the training rollouts and keeps one embedding per successful demonstration."""
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
+    from vla_rl.core.reward import RewardContext
+    from vla_rl.rewards.srpo_progress import SRPOProgressReward
+
+    bench = get_benchmark("metaworld")
+    tasks = bench.tasks("train", ["reach-v3", "drawer-close-v3"])
+    cfg = ProgressRewardConfig(frames=2, frame_size=32)
+    reward = SRPOProgressReward(cfg, policy=None)
+    reward.prepare(RewardContext(bench, tasks, EnvConfig(num_envs=2, num_workers=0), 0))
+    assert set(reward.references) == {"reach-v3", "drawer-close-v3"}
+    shapes = {t: e.shape for t, e in reward.references.items()}
+    assert all(s[0] == 1 and s[1] > 0 for s in shapes.values()), shapes  # the expert succeeds
+    assert not np.allclose(*reward.references.values())  # two tasks, two different videos
+    off = SRPOProgressReward(ProgressRewardConfig(frames=2, frame_size=32, references="none"), None)
+    off.prepare(RewardContext(bench, tasks, EnvConfig(num_envs=2, num_workers=0), 0))
+    assert off.references == {}

@@ -11,6 +11,7 @@ readings agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -29,6 +30,17 @@ class RewardModel(Protocol):
     def __call__(self, traj: Trajectories) -> torch.Tensor:
         """Rewards (T, B) for every decision step; zero on invalid (padded) steps."""
         ...
+
+
+@dataclass
+class RewardContext:
+    """What a reward model may need beyond the trajectories, given once before the first
+    rollout to those with a `prepare(context)` method (SRPO's demonstration references)."""
+
+    benchmark: Any  # the run's Benchmark
+    tasks: list[Any]  # the TaskSpecs trained on (train split)
+    env: Any  # the run's EnvConfig
+    seed: int
 
 
 def at_last_step(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -78,6 +90,12 @@ class WeightedRewards:
     def frame_size(self) -> int:
         """The largest frame size any model reads (0: none reads frames)."""
         return max((m.frame_size for m in self.models), default=0)
+
+    def prepare(self, context: RewardContext) -> None:
+        """Hand `context` to every model that takes one (before the first rollout)."""
+        for model in self.models:
+            if hasattr(model, "prepare"):
+                model.prepare(context)
 
     def __call__(self, traj: Trajectories) -> torch.Tensor:
         total = torch.zeros(traj.valid.shape)

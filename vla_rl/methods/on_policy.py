@@ -34,7 +34,7 @@ import torch
 from vla_rl.core.benchmark import Benchmark, EpisodeSpec, TaskSpec, random_episode
 from vla_rl.core.config import ConfigError, to_dict
 from vla_rl.core.policy import BasePolicy
-from vla_rl.core.reward import build_rewards, check_reward_names
+from vla_rl.core.reward import RewardContext, build_rewards, check_reward_names
 from vla_rl.core.trajectories import EpisodeRecord, Trajectories
 from vla_rl.rewards.srpo_progress import ProgressRewardConfig
 from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
@@ -304,6 +304,8 @@ def train_on_policy(
         reference = copy.deepcopy(base).eval().requires_grad_(False)
         reference.temperature = pg.temperature
     method = method_cls(pg, policy, benchmark, names)
+    # rewards that need reference data (SRPO's demonstrations) get it before anything is written
+    method.reward.prepare(RewardContext(benchmark, train_tasks, cfg.env, cfg.seed))
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
 
     state: dict[str, Any] = {"env_steps": 0, "rl_steps": 0, "episodes": 0, "wall_s": 0.0,

@@ -5,7 +5,10 @@ Every rollout is embedded (a video -> one vector, `vla_rl.rewards.encoders`). Pe
 successes get 1; each failure is scored by how close its embedding is to the successes of the
 same task in the same batch: cluster the successes (standardise, DBSCAN), take the distance to
 the nearest cluster centre, normalise over the task's failures, and squash so that every
-failure stays below `cap` < 1. Shapes: N rollouts, D embedding dims.
+failure stays below `cap` < 1. A task with no success in the batch is measured against its
+demonstrations instead (`references`, embedded once at the start of a run), so that a task
+the base never solves still gets a learning signal; SRPO's released code leaves those at 0.
+Shapes: N rollouts, D embedding dims, M demonstrations.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_rl.core.reward import at_last_step
+from vla_rl.core.reward import RewardContext, at_last_step
 from vla_rl.core.trajectories import Trajectories
 
 NORMALIZATIONS = ("minmax", "rank")
+REFERENCES = ("auto", "scripted", "none")
 
 
 @dataclass
@@ -53,6 +57,15 @@ class ProgressRewardConfig:
     dbscan_min_samples: int = 2
     """DBSCAN core-point size, the point itself included (released code)."""
 
+    references: str = "auto"
+    """What a task's failures are measured against when the batch holds no success of that
+    task: scripted (the benchmark's scripted experts on each task's first train initial
+    states: the demonstrations the bundled bases were cloned from), none (no reward, as in
+    SRPO's released code), or auto (scripted where the benchmark has scripted experts, i.e.
+    Meta-World, else none)."""
+    reference_episodes: int = 1
+    """Demonstrations per task for `references` (1: the bundled bases' own training data)."""
+
 
 def check_progress_config(cfg: ProgressRewardConfig) -> None:
     """Reject bad settings before a run starts (they are otherwise met at the first reward)."""
@@ -67,6 +80,13 @@ def check_progress_config(cfg: ProgressRewardConfig) -> None:
         )
     if cfg.steepness <= 0 or cfg.dbscan_eps <= 0 or cfg.dbscan_min_samples < 1:
         raise ValueError("steepness and dbscan_eps must be > 0, dbscan_min_samples >= 1")
+    if cfg.references not in REFERENCES:
+        raise ValueError(
+            f"unknown progress references {cfg.references!r}; valid choices: "
+            f"{', '.join(REFERENCES)}"
+        )
+    if cfg.reference_episodes < 1:
+        raise ValueError(f"progress reference_episodes must be >= 1, got {cfg.reference_episodes}")
 
 
 def standardize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -134,20 +154,28 @@ def normalize_distances(d: np.ndarray, how: str) -> np.ndarray:
 
 
 def progress_rewards(
-    embeddings: np.ndarray, success: np.ndarray, tasks: list[str], cfg: ProgressRewardConfig
+    embeddings: np.ndarray,
+    success: np.ndarray,
+    tasks: list[str],
+    cfg: ProgressRewardConfig,
+    references: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
     """SRPO rewards (N,) for a batch of rollouts, grouped by task (not by initial state: a
     failure is compared with the successes from every initial state of its task).
 
     Successes get 1. Failures of a task with at least one success get
     cap * sigmoid(steepness * (0.5 - n_i)), n_i the normalised distance to the nearest success
-    centre; failures of a task without successes keep 0. A zero embedding (a failed frame
-    capture) gets 0 and is left out of clustering, as in the released code.
-    Returns (rewards, stats: counts of zero embeddings and of tasks with no success).
+    centre; failures of a task without successes are scored the same way against the task's
+    demonstrations, `references[task]` (M, D), or keep 0 without them. A zero embedding (a
+    failed frame capture) gets 0 and is left out of clustering, as in the released code.
+    Returns (rewards, stats: counts of zero embeddings, of tasks with no success, and of those
+    scored against their demonstrations).
     """
+    references = references or {}
     rewards = success.astype(np.float64).copy()
     zero = ~np.any(embeddings != 0, axis=1)
-    stats = {"zero_embeddings": float(zero.sum()), "tasks_without_success": 0.0}
+    stats = {"zero_embeddings": float(zero.sum()), "tasks_without_success": 0.0,
+             "tasks_scored_by_demos": 0.0}  # fmt: skip
     rewards[zero] = 0.0
     names = np.asarray(tasks)
     for task in dict.fromkeys(tasks):
@@ -156,10 +184,15 @@ def progress_rewards(
         losses = members & ~success
         if not losses.any():
             continue
-        if not wins.any():
+        if wins.any():
+            reference = embeddings[wins]
+        else:
             stats["tasks_without_success"] += 1
-            continue
-        centres = success_centres(embeddings[wins], cfg.dbscan_eps, cfg.dbscan_min_samples)
+            if len(references.get(task, ())) == 0:
+                continue
+            reference = references[task]
+            stats["tasks_scored_by_demos"] += 1
+        centres = success_centres(reference, cfg.dbscan_eps, cfg.dbscan_min_samples)
         dist = np.sqrt(((embeddings[losses][:, None] - centres[None]) ** 2).sum(-1)).min(1)
         n = normalize_distances(dist, cfg.normalization)
         rewards[losses] = cfg.cap / (1 + np.exp(-cfg.steepness * (0.5 - n)))
@@ -181,18 +214,65 @@ class SRPOProgressReward:
                                      cfg.encoder_path)  # fmt: skip
         self.frame_size = cfg.frame_size if self.encoder.needs_frames else 0
         self.metrics: dict[str, float] = {}
+        self.references: dict[str, np.ndarray] = {}
+        """Per task name, its demonstrations' embeddings (M, D), from `prepare`."""
 
     @classmethod
     def build(cls, method_cfg: Any, policy: Any) -> SRPOProgressReward:
         """From the method's `progress` settings (every on-policy method config has them)."""
         return cls(method_cfg.progress, policy)
 
+    def prepare(self, context: RewardContext) -> None:
+        """Embed each task's demonstrations once (`references`), before the first rollout."""
+        source = self.cfg.references
+        if source == "auto":
+            source = "scripted" if context.benchmark.name == "metaworld" else "none"
+        if source == "none":
+            return
+        if context.benchmark.name != "metaworld":
+            raise ValueError(
+                f"--<method>.progress.references scripted needs scripted experts, which only "
+                f"metaworld has (not {context.benchmark.name!r}); valid choices: none, auto"
+            )
+        traj = scripted_demonstrations(context, self.cfg.reference_episodes, self.frame_size)
+        embeddings = self.encoder(traj, traj.frames)
+        names = np.asarray(traj.tasks)
+        won = traj.success.numpy()
+        self.references = {t: embeddings[(names == t) & won] for t in dict.fromkeys(traj.tasks)}
+
     def __call__(self, traj: Trajectories) -> torch.Tensor:
         embeddings = self.encoder(traj, traj.frames)
         success = traj.success.numpy()
-        rewards, stats = progress_rewards(embeddings, success, traj.tasks, self.cfg)
+        rewards, stats = progress_rewards(embeddings, success, traj.tasks, self.cfg,
+                                          self.references)  # fmt: skip
         failures = ~success
         stats["failure_reward"] = float(rewards[failures].mean()) if failures.any() else 0.0
         self.metrics = stats
         scores = torch.as_tensor(rewards, dtype=torch.float32)
         return at_last_step(scores, traj.valid)
+
+
+def scripted_demonstrations(context: RewardContext, episodes: int, frame_size: int) -> Trajectories:
+    """The scripted experts' rollouts on each task's first `episodes` train initial states,
+    rendered at `frame_size` (one frame per env step: the experts act one step at a time) like
+    the training rollouts, as Trajectories (the input every encoder takes). The experts draw no
+    random numbers, and torch's RNG is left alone (seed None): the training run's random stream
+    is the same with references as without."""
+    import dataclasses
+
+    from vla_rl.core.benchmark import first_episodes
+    from vla_rl.core.policy import load_policy
+    from vla_rl.rollout.engine import RolloutEngine
+
+    expert = load_policy("scripted", context.benchmark)
+    env_cfg = dataclasses.replace(context.env, video_size=frame_size)
+    venv = context.benchmark.make_env(context.tasks, env_cfg)
+    try:
+        records = RolloutEngine(venv, env_cfg.pipeline_groups).run(
+            expert, first_episodes(context.tasks, episodes), keep_steps=True,
+            seed=None, record_video=(lambda i, s: True) if frame_size else None,
+            frames_per="chunk",
+        )  # fmt: skip
+    finally:
+        venv.close()
+    return Trajectories.from_episodes(records)
