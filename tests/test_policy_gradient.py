@@ -91,6 +91,17 @@ def test_episodes_per_step_follow_from_the_tasks():
     assert PPO(PPOConfig(), tiny_flow(), bench, ["left", "right"]).episodes_per_step == 64
 
 
+def test_failure_groups_with_spread_by_hand():
+    from vla_rl.rl.advantages import failure_groups_with_spread
+
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    success = torch.tensor([False, False, False, False, True, False])
+    scores = torch.tensor([0.2, 0.5, 0.0, 0.0, 1.0, 0.3])
+    # group 0: no success, scores differ -> kept; group 1: all 0 -> not; group 2 has a success
+    keep = failure_groups_with_spread(scores, success, groups)
+    assert keep.tolist() == [True, True, False, False, False, False]
+
+
 def test_clipped_surrogate_special_cases():
     log_ratio = torch.tensor([[0.5], [-1.0], [2.0], [0.1]], requires_grad=True)
     adv = torch.tensor([[1.0], [-1.0], [-1.0], [0.0]])

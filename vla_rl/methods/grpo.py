@@ -24,7 +24,11 @@ from vla_rl.methods.on_policy import (
     auto_episodes_per_step,
     train_on_policy,
 )
-from vla_rl.rl.advantages import group_advantages, groups_with_contrast
+from vla_rl.rl.advantages import (
+    failure_groups_with_spread,
+    group_advantages,
+    groups_with_contrast,
+)
 
 
 @dataclass
@@ -46,6 +50,12 @@ class GRPOConfig(PolicyGradientConfig):
     """Drop groups whose success rate is below this (SRPO: 0.1)."""
     filter_high: float = 0.9
     """Drop groups whose success rate is above this (SRPO: 0.9)."""
+    keep_scored_failures: bool = True
+    """Keep an all-failure group anyway when its rollouts' rewards differ: SRPO's progress
+    reward ranks failures (against the task's successes, or its demonstrations when the batch
+    has none), and that ranking is its learning signal where the base starts near 0%. Ours;
+    the released SRPO filter drops them. No effect under the sparse success reward (they all
+    score 0), so grpo is unchanged."""
 
 
 class GRPO(OnPolicyMethod):
@@ -81,6 +91,8 @@ class GRPO(OnPolicyMethod):
         metrics = dict(self.reward.metrics)
         keep = groups_with_contrast(traj.success, traj.group, self.pg.filter_low,
                                     self.pg.filter_high)  # fmt: skip
+        if self.pg.keep_scored_failures:
+            keep |= failure_groups_with_spread(scores, traj.success, traj.group)
         per_episode = group_advantages(scores, traj.group)
         adv = per_episode[None].expand_as(traj.rewards) * traj.valid.float()
         num_groups = len(traj.group.unique())

@@ -71,3 +71,18 @@ def groups_with_contrast(
         if low <= rate <= high:
             keep |= members
     return keep
+
+
+def failure_groups_with_spread(
+    scores: torch.Tensor, success: torch.Tensor, groups: torch.Tensor, eps: float = 1e-6
+) -> torch.Tensor:
+    """Groups without a single success whose rollout scores still differ (more than eps):
+    the all-failure groups `groups_with_contrast` drops, which a dense score (SRPO's progress)
+    can still rank. Under the sparse success reward they all score 0 and none is returned.
+    scores, success, groups (N,); returns a (N,) bool mask over episodes."""
+    keep = torch.zeros_like(success, dtype=torch.bool)
+    for g in groups.unique():
+        members = groups == g
+        if not success[members].any() and scores[members].max() - scores[members].min() > eps:
+            keep |= members
+    return keep
