@@ -127,6 +127,22 @@ class DiffusionChunkPolicy(BasePolicy):
         xt = self.ddpm.add_noise(x0, noise, t)
         return ((self.eps(xt, t, self.encode(obs)) - noise) ** 2).mean()
 
+    def noised_target_features(
+        self, obs: Observation, actions: torch.Tensor, draws: int, generator=None
+    ) -> torch.Tensor:
+        """TACO's noised ground-truth features (its Eq. 7-8): the denoiser's hidden layer at the
+        last DDIM step's timestep t, on the demonstrated chunk `actions` (B, Ta, Da) noised to
+        it, x = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, for `draws` noise draws each:
+        (B, draws, hidden), the feature sampling scores at test time."""
+        x0 = self.normalizer.action_to_unit(actions).flatten(1)
+        t = self._steps()[-1][0]
+        abar = self.ddim.alphas_cumprod[t]
+        noise = torch.randn(len(x0), draws, x0.shape[1], generator=generator)
+        xt = (abar.sqrt() * x0[:, None] + (1 - abar).sqrt() * noise).flatten(0, 1)
+        feature = self.encode(obs).repeat_interleave(draws, 0)
+        _, hidden = self.eps_and_hidden(xt, torch.full((len(xt),), t), feature)
+        return hidden.view(len(x0), draws, -1)
+
     # ---- the DDIM chain -----------------------------------------------------------------------
     def _steps(self) -> list[tuple[int, int]]:
         """(t, t_prev) for each DDIM step, from the noisiest; t_prev = -1 means 'clean'."""

@@ -124,6 +124,21 @@ class FlowChunkPolicy(BasePolicy):
         v, _, _ = self._velocity_and_std(t, xt, self.encode(obs))
         return ((v - (x1 - x0)) ** 2).mean()
 
+    def noised_target_features(
+        self, obs: Observation, actions: torch.Tensor, draws: int, generator=None
+    ) -> torch.Tensor:
+        """TACO's noised ground-truth features (its Eq. 7-8): the velocity network's hidden
+        layer at the last Euler step's time t = (K - 1) / K, on the demonstrated chunk
+        `actions` (B, Ta, Da) noised to that time, x = (1 - t) x0 + t x1, for `draws` noise
+        draws x0 each: (B, draws, hidden), the feature sampling scores at test time."""
+        x1 = self.normalizer.action_to_unit(actions).flatten(1)
+        t = (self.num_flow_steps - 1) / self.num_flow_steps
+        x0 = torch.randn(len(x1), draws, x1.shape[1], generator=generator)
+        xt = ((1 - t) * x0 + t * x1[:, None]).flatten(0, 1)
+        feature = self.encode(obs).repeat_interleave(draws, 0)
+        _, _, hidden = self._velocity_and_std(torch.full((len(xt),), t), xt, feature)
+        return hidden.view(len(x1), draws, -1)
+
     # ---- sampling and likelihood (the chain loops live in gaussian_chain) ----------------------
     def _transition(self, feature: torch.Tensor, record: dict | None = None):
         """Euler step k with injected noise: mean x + v / K, std sigma(t_k, x, o). `record`

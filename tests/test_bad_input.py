@@ -72,6 +72,7 @@ CASES = [
     ("bench", ["--steps", "0"], "--steps"),
     ("eval", ["--episodes", "0"], "--episodes"),
     ("fit-verifier", ["--cfn.lr", "nan"], "--cfn.lr"),
+    ("fit-verifier", ["--noised-draws", "-1"], "--noised-draws"),
 ]
 
 

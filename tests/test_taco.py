@@ -211,8 +211,11 @@ def test_fit_verifier_and_eval_rerank_end_to_end(tmp_path, capsys):
             "--cfn.min-updates", "5", "--cfn.epochs", "2"]  # fmt: skip
     assert main(args) == 0
     fit = json.loads((ckpt / "taco_verifier" / "fit.json").read_text())
-    assert fit["samples"] == 24 and fit["feature_dim"] == 16
+    assert fit["samples"] == 24 and fit["feature_dim"] == 16 and fit["cfn_samples"] == 24
     assert (ckpt / "taco_verifier" / "cfn_loss.png").is_file()
+    noised = tmp_path / "noised"  # TACO's Eq. 7-8 samples: 3 more features per frame
+    assert main([*args, "--noised-draws", "3", "--output-dir", str(noised)]) == 0
+    assert json.loads((noised / "fit.json").read_text())["cfn_samples"] == 24 * 4
 
     out = tmp_path / "eval"
     args = ["eval", "--policy", str(ckpt), "--tasks", "reach-v3", "--episodes", "1", "--rerank",
@@ -221,6 +224,25 @@ def test_fit_verifier_and_eval_rerank_end_to_end(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert results["num_episodes"] == 1
     assert results["config"]["rerank"] == "taco" and results["config"]["candidates"] == 4
+
+
+@pytest.mark.parametrize("family", ["flow", "diffusion"])
+def test_noised_target_features_are_the_final_step_features_near_the_target(family):
+    """At the last sampling step's level the noised demonstrated chunk is mostly the chunk
+    itself: its features lie far closer to each other (draws of one target) than to the
+    features of another target."""
+    policy = make(family)
+    obs = make_obs(2)
+    actions = torch.stack([torch.full((3, 2), 0.5), torch.full((3, 2), -0.5)])
+    feats = policy.noised_target_features(obs, actions, 4, torch.Generator().manual_seed(0))
+    assert feats.shape == (2, 4, 32)
+    again = policy.noised_target_features(obs, actions, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(feats, again)  # seeded: the same samples
+    same_obs = {k: v[[0, 0]] if not isinstance(v, list) else [v[0]] * 2 for k, v in obs.items()}
+    pair = policy.noised_target_features(same_obs, actions, 4, torch.Generator().manual_seed(0))
+    within = (pair[0] - pair[0].mean(0)).norm(dim=-1).mean()
+    between = (pair[0].mean(0) - pair[1].mean(0)).norm()
+    assert within < between
 
 
 def test_rerank_bad_input_names_the_choices(tmp_path, capsys):

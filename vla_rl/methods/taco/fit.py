@@ -47,6 +47,11 @@ class FitVerifierConfig:
     the bank's initial noises; token families always sample)."""
     noise_seed: int = 42
     """Seed of the fixed noise bank the candidates come from (TACO: 42)."""
+    noised_draws: int = 0
+    """TACO's Eq. 7-8 samples: per frame, this many more features of the demonstrated chunk
+    itself noised to the last sampling step's level (independent noise draws; flow and
+    diffusion families), beside the closest candidate's, so the counting network sees draws x
+    more in-support samples. 0: the closest candidate only (TACO's released code)."""
     batch_size: int = 256
     """Frames per candidate-sampling call."""
     output_dir: str | None = None
@@ -87,6 +92,26 @@ def closest_candidate_features(
     return {"candidates": all_feats, "distances": all_dists, "closest": closest}
 
 
+def noised_target_features(policy: Any, data: ChunkData, cfg: FitVerifierConfig) -> torch.Tensor:
+    """(N * noised_draws, F) features of every demonstrated chunk noised to the last sampling
+    step's level (the policy's `noised_target_features`), from a generator seeded by
+    cfg.noise_seed."""
+    if not hasattr(policy, "noised_target_features"):
+        raise ConfigError(
+            f"--noised-draws needs a flow or diffusion policy (denoising chains); "
+            f"{cfg.policy!r} is {policy.policy_type!r}: use --noised-draws 0"
+        )
+    generator = torch.Generator().manual_seed(cfg.noise_seed)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(data.state), cfg.batch_size):
+            idx = np.arange(start, min(start + cfg.batch_size, len(data.state)))
+            obs, actions = data.batch(idx)
+            feats = policy.noised_target_features(obs, actions, cfg.noised_draws, generator)
+            out.append(feats.flatten(0, 1).float())
+    return torch.cat(out)
+
+
 def selection_check(cfn, found: dict[str, torch.Tensor]) -> dict[str, float]:
     """On the training frames: how often the verifier's pick among the K candidates is the one
     closest to the demonstration (chance: 1 / K), and the mean distance to the demonstrated chunk
@@ -110,6 +135,8 @@ def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
 
     if cfg.candidates < 1:
         raise ConfigError(f"--candidates must be >= 1, got {cfg.candidates}")
+    if cfg.noised_draws < 0:
+        raise ConfigError(f"--noised-draws must be >= 0, got {cfg.noised_draws}")
     check_cfn_config(cfg.cfn)
     if not cfg.dataset:
         raise ConfigError("--dataset is required: the policy's training demonstrations")
@@ -133,15 +160,18 @@ def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
 
     from tqdm.auto import tqdm
 
-    epochs = training_epochs(len(found["closest"]), cfg.cfn)
+    epochs = training_epochs(len(found["closest"]) * (1 + cfg.noised_draws), cfg.cfn)
     bar = tqdm(total=epochs, unit="epoch", desc="fit CFN", disable=not cfg.progress)
 
     def on_epoch(epoch: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
 
+    samples = found["closest"]
+    if cfg.noised_draws:
+        samples = torch.cat([samples, noised_target_features(policy, data, cfg)])
     start = time.perf_counter()
-    cfn, losses = train_cfn(found["closest"], cfg.cfn, on_epoch)
+    cfn, losses = train_cfn(samples, cfg.cfn, on_epoch)
     bar.close()
     fit_s = time.perf_counter() - start
 
@@ -151,6 +181,7 @@ def fit_verifier(cfg: FitVerifierConfig) -> dict[str, Any]:
         "policy": cfg.policy,
         "dataset": cfg.dataset,
         "samples": len(data.state),
+        "cfn_samples": len(samples),
         "feature_dim": int(found["closest"].shape[1]),
         "losses": [round(x, 5) for x in losses],
         "pseudo_count_train_median": float(train_counts.median()),
