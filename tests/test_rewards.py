@@ -93,7 +93,12 @@ def test_a_registered_toy_reward_changes_grpo_advantages_by_its_weight(traj, toy
     scores = traj.success.float() + 0.3 * DistanceBonus()(traj).sum(0)
     expected = group_advantages(scores, traj.group)[None].expand_as(traj.rewards) * traj.valid
     assert torch.allclose(adv_mixed, expected, atol=1e-6)
-    assert torch.equal(keep_base, keep_mixed)  # groups are kept by their success contrast
+    # groups are kept by their success contrast, and all-failure groups the dense part ranks
+    fails = ~torch.stack([traj.success[traj.group == g].any() for g in traj.group])
+    assert torch.equal(keep_mixed, keep_base | fails)
+    strict = GRPO(dataclasses.replace(mixed_cfg, keep_scored_failures=False), tiny_flow(), bench,
+                  ["left"])  # fmt: skip
+    assert torch.equal(strict.advantages(traj)[1], keep_base)  # the released SRPO filter
     assert metrics["distance/calls"] == 1.0  # each model's metrics reach the method's
 
 

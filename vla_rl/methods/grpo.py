@@ -96,7 +96,9 @@ class GRPO(OnPolicyMethod):
         per_episode = group_advantages(scores, traj.group)
         adv = per_episode[None].expand_as(traj.rewards) * traj.valid.float()
         num_groups = len(traj.group.unique())
+        kept = keep[None].expand_as(adv) & traj.valid
         metrics.update(mean_reward=float(scores.mean()),
+                       adv_abs_mean=float(adv[kept].abs().mean()) if kept.any() else 0.0,
                        groups_kept=len(traj.group[keep].unique()) / num_groups)  # fmt: skip
         return adv, keep, metrics
 

@@ -93,8 +93,13 @@ class PPO(OnPolicyMethod):
         explained = 1 - (returns - values)[traj.valid].var() / returns[traj.valid].var().clamp_min(
             1e-8
         )
+        valid = traj.valid
         metrics = {"mean_reward": float(rewards.sum(0).mean()),
-                   "value_explained_var": float(explained), **self.reward.metrics}  # fmt: skip
+                   "value_explained_var": float(explained),
+                   # the scale the policy step sees (GRPO's are standardised per group)
+                   "adv_abs_mean": float(adv[valid].abs().mean()),
+                   "return_mean": float(returns[valid].mean()),
+                   "value_mean": float(values[valid].mean()), **self.reward.metrics}  # fmt: skip
         return adv, keep, metrics
 
     def updates_policy(self, rl_step: int) -> bool:
