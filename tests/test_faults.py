@@ -70,19 +70,26 @@ def weights(run: Path) -> dict:
     return load_file(str(run / "policy" / "model.safetensors"))
 
 
+PPO = [a.replace("grpo", "ppo") for a in GRPO]
+del PPO[PPO.index("--ppo.group-size") : PPO.index("--ppo.group-size") + 2]  # ppo has no groups
+PPO += ["--ppo.critic-warmup-steps", "1"]  # so that the policy moves in the 3 RL steps
+
+
 @pytest.mark.slow
-def test_grpo_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_on_policy_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_path, method):
+    """Every run in a process of its own: this one's torch is single-threaded (conftest),
+    which rounds the updates differently from the 2 threads of a plain `vla-rl`."""
     import json
 
-    from vla_rl.cli import main
-
-    straight = tmp_path / "straight"
-    assert main([*GRPO, *BUDGET, "--output-dir", str(straight)]) == 0
-    # The same run in a process of its own, SIGKILLed once its first checkpoint is written
-    # (mid-way through the next RL step's rollout or update), then resumed here.
-    killed = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "vla_rl.cli", *GRPO, *BUDGET, "--output-dir", str(killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = {"grpo": GRPO, "ppo": PPO}[method]
+    cmd = [sys.executable, "-m", "vla_rl.cli", *args, *BUDGET, "--output-dir"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run([*cmd, str(straight)], check=True, capture_output=True)
+    # SIGKILLed once its first checkpoint is written (mid-way through the next RL step's
+    # rollout or update), then resumed.
+    proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
     state = killed / "checkpoint" / "state.json"
     deadline = time.monotonic() + 120
     while not state.is_file() and time.monotonic() < deadline and proc.poll() is None:
@@ -90,7 +97,7 @@ def test_grpo_killed_after_a_checkpoint_resumes_to_the_uninterrupted_result(tmp_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads(state.read_text())["rl_steps"] < 3  # killed before the run could end
-    assert main([*GRPO, *BUDGET, "--output-dir", str(killed), "--resume"]) == 0
+    subprocess.run([*cmd, str(killed), "--resume"], check=True, capture_output=True)
     a, b = weights(straight), weights(killed)
     assert set(a) == set(b) and all((a[k] == b[k]).all() for k in a)
     ra, rb = (json.loads((r / "results.json").read_text()) for r in (straight, killed))
