@@ -19,6 +19,11 @@ def save_figure(fig, path: str | Path) -> None:
         plt.close(fig)
 
 
+def short_title(title: str, width: int = 90) -> str:
+    """A title that fits the figure: a run on MT10 lists ten task names."""
+    return title if len(title) <= width else title[: width - 3].rstrip(", ") + "..."
+
+
 def plot_learning_curve(
     points: list[dict], path: str | Path, title: str, x_keys: tuple[str, ...] = ("step", "wall_s")
 ) -> None:
@@ -54,7 +59,7 @@ def plot_comparison(
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].legend(loc="lower right")
-    fig.suptitle(title)
+    fig.suptitle(short_title(title))
     save_figure(fig, path)
 
 
@@ -79,7 +84,7 @@ def plot_per_task_curves(
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    ax.set_title(title)
+    ax.set_title(short_title(title), fontsize=10)
     save_figure(fig, path)
 
 
@@ -119,5 +124,5 @@ def plot_loss_curve(losses: list[float], path: str | Path, title: str, ylabel: s
     ax.set_ylabel(ylabel)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.set_title(title)
+    ax.set_title(short_title(title), fontsize=10)
     save_figure(fig, path)
