@@ -22,8 +22,11 @@ class EnsembleLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(n, inputs, outputs).uniform_(-bound, bound))
         self.bias = nn.Parameter(torch.empty(n, 1, outputs).uniform_(-bound, bound))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
+    def forward(self, x: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+        """heads: indices of the heads to apply (x then has len(heads) rows), None: all."""
+        if heads is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[heads], x, self.weight[heads])
 
 
 class CriticEnsemble(nn.Module):
@@ -38,19 +41,23 @@ class CriticEnsemble(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(hidden), nn.LayerNorm(hidden)])
         self.head = EnsembleLinear(n, hidden, 1)
 
-    def forward(self, features: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """features (B, F), action (B, Da) -> Q (N, B)."""
-        x = torch.cat([features, action], -1).expand(self.n, -1, -1)
+    def forward(
+        self, features: torch.Tensor, action: torch.Tensor, heads: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """features (B, F), action (B, Da) -> Q (N, B); with `heads` (N' indices) only those
+        heads run, Q (N', B) (REDQ's target needs 2 of them: the others would be thrown away)."""
+        n = self.n if heads is None else len(heads)
+        x = torch.cat([features, action], -1).expand(n, -1, -1)
         for layer, norm in zip(self.layers, self.norms):
-            x = F.relu(norm(layer(x)))
-        return self.head(x).squeeze(-1)
+            x = F.relu(norm(layer(x, heads)))
+        return self.head(x, heads).squeeze(-1)
 
 
 def polyak(target: nn.Module, source: nn.Module, tau: float) -> None:
-    """target <- (1 - tau) * target + tau * source, parameter by parameter (TD3's soft update)."""
+    """target <- (1 - tau) * target + tau * source, every parameter (TD3's soft update), in one
+    multi-tensor call rather than one small kernel per parameter."""
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.lerp_(s, tau)
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
 class StateCritic(nn.Module):

@@ -5,6 +5,8 @@
 #   bash docs/results/residual_speed/interleaved.sh /tmp/residual_speed
 set -euo pipefail
 out=${1:-/tmp/residual_speed}
+# It rewrites tracked files while it runs: a commit meanwhile would take the old versions in.
+git diff --quiet -- vla_rl || { echo "uncommitted changes under vla_rl/: commit first" >&2; exit 1; }
 rm -rf "$out" && mkdir -p "$out"
 files="vla_rl/rl/critics.py vla_rl/methods/residual/learner.py"
 run() {  # $1: label

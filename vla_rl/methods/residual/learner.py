@@ -40,8 +40,10 @@ class Residual:
         self.critic = CriticEnsemble(cfg.num_critics, policy.feature_dim + action_dim, cfg.hidden)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.actor_target = copy.deepcopy(policy.actor).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(policy.actor.parameters(), lr=cfg.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr)
+        # fused: one kernel per step for all parameters (the per-parameter loop was 1/8 of an
+        # update on the CPU); the same Adam
+        self.actor_opt = torch.optim.Adam(policy.actor.parameters(), lr=cfg.actor_lr, fused=True)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, fused=True)
 
     def _tensors(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(v) for k, v in batch.items()}
@@ -56,9 +58,9 @@ class Residual:
                 -cfg.target_noise_clip, cfg.target_noise_clip
             )
             next_action = (b["next_base"] + next_res + smoothing).clamp(-1, 1)
-            q_next = self.critic_target(next_feat, next_action)  # (N, B)
             subset = torch.randperm(cfg.num_critics)[: cfg.critic_subset]  # REDQ
-            target = b["ret"] + b["discount"] * q_next[subset].min(0).values
+            q_next = self.critic_target(next_feat, next_action, subset)  # (subset, B)
+            target = b["ret"] + b["discount"] * q_next.min(0).values
         q = self.critic(pol.features(b["state"], b["task"], b["base"]), b["action"])
         return ((q - target) ** 2).mean(), target
 
@@ -72,7 +74,7 @@ class Residual:
             loss = loss + self.cfg.actor_l2 * (residual**2).sum(-1).mean()
         return loss
 
-    def update(self, batch: dict[str, np.ndarray], update_actor: bool) -> dict[str, float]:
+    def update(self, batch: dict[str, np.ndarray], update_actor: bool) -> dict[str, torch.Tensor]:
         b = self._tensors(batch)
         cfg = self.cfg
         loss, target = self.critic_loss(b)
@@ -80,15 +82,19 @@ class Residual:
         loss.backward()
         nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip)
         self.critic_opt.step()
-        metrics = {"critic_loss": loss.item(), "q_target": target.mean().item()}
+        # tensors, read only when logged: .item() per update would wait for the device each time
+        metrics = {"critic_loss": loss.detach(), "q_target": target.mean()}
         if update_actor:
             actor_loss = self.actor_loss(b)
-            self.actor_opt.zero_grad()
-            actor_loss.backward()
-            nn.utils.clip_grad_norm_(self.policy.actor.parameters(), cfg.grad_clip)
+            # Gradients of the actor only: backward() would also fill the critics' weight
+            # gradients through Q(s, a(s)), a third of the work, for the next zero_grad to drop.
+            params = list(self.policy.actor.parameters())
+            for param, grad in zip(params, torch.autograd.grad(actor_loss, params)):
+                param.grad = grad
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             self.actor_opt.step()
             polyak(self.actor_target, self.policy.actor, cfg.tau)
-            metrics["actor_loss"] = actor_loss.item()
+            metrics["actor_loss"] = actor_loss.detach()
         polyak(self.critic_target, self.critic, cfg.tau)
         return metrics
 
@@ -99,7 +105,7 @@ class Residual:
         rng: np.random.Generator,
         state: dict[str, Any],
         owed: float,
-    ) -> tuple[float, dict[str, float]]:
+    ) -> tuple[float, dict[str, torch.Tensor]]:
         """The loop's schedule (ResFiT): run the `owed` critic updates (utd per env step), the
         actor stepping with every utd-th, on batches mixing online and demo rows (RLPD); returns
         (updates still owed, the last update's metrics). The loop's `state` counts "updates".
