@@ -56,6 +56,12 @@ class PPOConfig(PolicyGradientConfig):
     """Width of the critic's two hidden layers."""
     normalize_advantages: bool = False
     """Standardise advantages over each step's samples (VLA-RL: False)."""
+    reduction: str = "mean"
+    """How a decision step's log-prob parts form its ratio. VLA-RL sums its 7 action tokens
+    (sum); summed over a flow chunk's K x Ta x Da = 320 parts, the log-ratio put 26-47% of the
+    samples outside the clip range at every step (approx-KL up to 1.2) and ppo stalled on
+    door-open-v3 (train success 0.36 after 160k env steps); with the mean nothing was clipped
+    and it reached 0.52 (docs/RESULTS.md, "Why ppo stalls", measured on the train split)."""
 
 
 class PPO(OnPolicyMethod):
