@@ -1,6 +1,6 @@
 """Per-RL-step training metrics of the ppo_diag runs, side by side (issue 15).
 
-    python docs/results/ppo_diag/summarize.py runs/ppo_diag
+python docs/results/ppo_diag/summarize.py runs/ppo_diag
 """
 
 import json
