@@ -273,3 +273,17 @@ def test_a_pi0_checkpoint_is_checked_before_transformers_loads_it(tmp_path, tiny
     with pytest.raises(PolicyCheckpointError) as err:
         load_policy("pi0", None, str(directory))
     assert "\n" not in str(err.value) and phrase in str(err.value), str(err.value)
+
+
+def test_a_safetensors_file_whose_first_byte_is_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """The first 8 bytes are the header's length: 128 + 256 n starts with 0x80, the byte every
+    pickle starts with. pi0's tiny checkpoint saved by transformers hit this."""
+    from vla_rl.core.policy import read_safetensors
+
+    path = tmp_path / "model.safetensors"
+    for pad in range(300):  # header sizes vary with the metadata: find one of 0x80 mod 256
+        save_file({"w": torch.zeros(2)}, str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(read_safetensors(path)["w"], torch.zeros(2))

@@ -341,8 +341,11 @@ def unreadable_as_one_line(path: Path) -> Iterator[None]:
             "(an interrupted copy?)"
         )
     with path.open("rb") as f:
-        head = f.read(8)
-    if head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # A safetensors file is an 8-byte header length, then its JSON header: "{" at byte 8. Its
+    # first byte may well be 0x80 (a header of 128 + 256 n bytes), so that alone is no pickle.
+    looks_safetensors = head[8:9] == b"{"
+    if not looks_safetensors and (head.startswith(_ZIP_MAGIC) or head.startswith(_PICKLE_MAGIC)):
         kind = "a zip archive (torch.save's format)" if head.startswith(_ZIP_MAGIC) else "a pickle"
         raise PolicyCheckpointError(
             f"{path}: is {kind}, not safetensors; refused unread, since unpickling can run code "
