@@ -143,11 +143,11 @@ def test_demonstration_references_are_embedded_once_per_task():
     tasks = bench.tasks("train", ["reach-v3", "drawer-close-v3"])
     cfg = ProgressRewardConfig(frames=2, frame_size=32)
     reward = SRPOProgressReward(cfg, policy=None)
-    reward.prepare(RewardContext(bench, tasks, EnvConfig(num_envs=2, num_workers=0), 0))
+    reward.prepare(RewardContext(bench, tasks, EnvConfig(num_envs=2, num_workers=0)))
     assert set(reward.references) == {"reach-v3", "drawer-close-v3"}
     shapes = {t: e.shape for t, e in reward.references.items()}
     assert all(s[0] == 1 and s[1] > 0 for s in shapes.values()), shapes  # the expert succeeds
     assert not np.allclose(*reward.references.values())  # two tasks, two different videos
     off = SRPOProgressReward(ProgressRewardConfig(frames=2, frame_size=32, references="none"), None)
-    off.prepare(RewardContext(bench, tasks, EnvConfig(num_envs=2, num_workers=0), 0))
+    off.prepare(RewardContext(bench, tasks, EnvConfig(num_envs=2, num_workers=0)))
     assert off.references == {}

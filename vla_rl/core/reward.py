@@ -40,7 +40,6 @@ class RewardContext:
     benchmark: Any  # the run's Benchmark
     tasks: list[Any]  # the TaskSpecs trained on (train split)
     env: Any  # the run's EnvConfig
-    seed: int
 
 
 def at_last_step(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

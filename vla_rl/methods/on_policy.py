@@ -305,7 +305,7 @@ def train_on_policy(
         reference.temperature = pg.temperature
     method = method_cls(pg, policy, benchmark, names)
     # rewards that need reference data (SRPO's demonstrations) get it before anything is written
-    method.reward.prepare(RewardContext(benchmark, train_tasks, cfg.env, cfg.seed))
+    method.reward.prepare(RewardContext(benchmark, train_tasks, cfg.env))
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
 
     state: dict[str, Any] = {"env_steps": 0, "rl_steps": 0, "episodes": 0, "wall_s": 0.0,
