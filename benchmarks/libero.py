@@ -39,6 +39,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vla_rl.benchmarks.libero_scene import PRIVILEGED_DIM, GoalStep, PrivilegedView, goal_steps
 from vla_rl.benchmarks.rendering import ensure_headless_gl
 from vla_rl.core.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
 from vla_rl.core.registry import MissingExtraError
@@ -104,6 +105,7 @@ class LiberoSuite(Benchmark):
 
     def __init__(self, config: LiberoConfig | None = None):
         self.config = config or LiberoConfig()
+        self._goals: dict[str, tuple[GoalStep, ...]] = {}
         libero_benchmark, _ = _import_libero()
         self._suite = _quiet(libero_benchmark.get_benchmark_dict()[self.name])
 
@@ -134,6 +136,18 @@ class LiberoSuite(Benchmark):
 
     def env_factory(self, cfg: EnvConfig) -> LiberoEnvFactory:
         return LiberoEnvFactory(self.name, cfg)
+
+    def goal(self, task_name: str) -> tuple[GoalStep, ...]:
+        """The task's BDDL goal as steps (benchmarks/libero_scene.py), parsed from this suite's
+        own BDDL file (a LIBERO-PRO suite's differs from the standard suite's)."""
+        if task_name not in self._goals:
+            from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+            _, get_libero_path = _import_libero()
+            task = self._suite.get_task(self.task_names().index(task_name))
+            path = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+            self._goals[task_name] = tuple(goal_steps(robosuite_parse_problem(path)["goal_state"]))
+        return self._goals[task_name]
 
 
 @dataclass
@@ -184,9 +198,15 @@ class LiberoTaskEnv(gym.Env):
         if cfg.images:
             size = cfg.image_size
             spaces["image"] = gym.spaces.Box(0, 255, (len(CAMERAS), size, size, 3), np.uint8)
+        # The simulator's ground truth for the scripted experts (benchmarks/libero_scene.py).
+        spaces["privileged"] = gym.spaces.Box(-np.inf, np.inf, (PRIVILEGED_DIM,), np.float32)
+        spaces["episode"] = gym.spaces.Box(0, np.iinfo(np.int64).max, (), np.int64)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._envs: OrderedDict[str, Any] = OrderedDict()
+        self._views: dict[str, PrivilegedView] = {}
+        self._view: PrivilegedView | None = None
+        self._episode = 0
         self._suite: Any = None
         self._task_index: dict[str, int] = {}
         self._init_states: dict[str, np.ndarray] = {}
@@ -206,8 +226,9 @@ class LiberoTaskEnv(gym.Env):
             self._envs.move_to_end(task_name)
             return self._envs[task_name]
         while len(self._envs) >= self.max_cached:
-            _, old = self._envs.popitem(last=False)
+            old_name, old = self._envs.popitem(last=False)
             old.close()
+            self._views.pop(old_name, None)
         i = self._task_index[task_name]
         task = self._suite.get_task(i)
         bddl = os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
@@ -229,6 +250,7 @@ class LiberoTaskEnv(gym.Env):
             env = _quiet(ControlEnv, has_offscreen_renderer=False, use_camera_obs=False, **common)
         self._init_states[task_name] = self._suite.get_task_init_states(i)
         self._envs[task_name] = env
+        self._views[task_name] = PrivilegedView(env.env)
         return env
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -241,6 +263,11 @@ class LiberoTaskEnv(gym.Env):
         noop = np.asarray(NOOP_ACTION, dtype=np.float64)
         for _ in range(SETTLE_STEPS):
             raw, _, _, _ = self._env.step(noop)
+        self._view = self._views[task.name]
+        self._view.reset()
+        # Identifies the episode to policies that keep per-episode state (the scripted experts'
+        # phase); random, so a re-run of the same initial state is a new episode.
+        self._episode = int.from_bytes(os.urandom(7), "little")
         self._last_raw = raw
         self._steps = 0
         self._max_steps = self.cfg.max_steps or task.max_steps
@@ -263,7 +290,7 @@ class LiberoTaskEnv(gym.Env):
                 np.asarray(raw["robot0_gripper_qpos"], np.float32),
             ]
         )
-        obs = {"state": state}
+        obs = {"state": state, "privileged": self._view(), "episode": np.int64(self._episode)}
         if self.cfg.images:
             obs["image"] = np.stack(
                 [np.ascontiguousarray(raw[f"{cam}_image"][::-1, ::-1]) for cam in CAMERAS]

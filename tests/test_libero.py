@@ -101,3 +101,43 @@ def test_import_writes_nothing_to_home(tmp_path, monkeypatch):
                    capture_output=True)  # fmt: skip
     written = [p for p in tmp_path.rglob("*") if ".cache" not in p.parts]
     assert written == [], f"import wrote to HOME: {written}"
+
+
+@pytest.mark.parametrize(
+    "suite, task_index",
+    [("libero_spatial", 4), ("libero_object", 0), ("libero_goal", 8)],  # drawer, basket, plate
+)
+def test_scripted_expert_episode_reaches_the_bddl_goal(suite, task_index):
+    """One expert episode per suite, from an eval initial state, reaches LIBERO's own success
+    predicate (libero_spatial task 4 starts the bowl inside the top drawer)."""
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
+    from vla_rl.core.types import stack_obs
+    from vla_rl.policies.scripted import ScriptedPolicy
+
+    bench = get_benchmark(suite)
+    task = bench.tasks("eval")[task_index]
+    policy = ScriptedPolicy.for_benchmark(bench)
+    env = bench.env_factory(EnvConfig(video_size=0))()
+    try:
+        obs, info = env.reset(options={"task": task, "init_id": task.init_ids[0]})
+        assert obs["privileged"].shape == (21,) and not info["success"]
+        for _ in range(task.max_steps):
+            batch = stack_obs([dict(obs, task=task.name, instruction=task.instruction)])
+            action = policy.sample_actions(batch, deterministic=True).actions[0, 0].numpy()
+            obs, _, _, truncated, info = env.step(action)
+            if info["success"] or truncated:
+                break
+        assert info["success"], f"{suite}/{task.name}: the expert did not reach the goal"
+    finally:
+        env.close()
+
+
+def test_scripted_experts_refuse_uncovered_tasks_in_one_line():
+    from vla_rl.policies.scripted_libero import check_covered, uncovered_reason
+
+    assert uncovered_reason("put_the_bowl_on_the_plate") is None
+    assert "'open' step" in uncovered_reason("open_the_middle_drawer_of_the_cabinet")
+    assert "plate" in uncovered_reason("push_the_plate_to_the_front_of_the_stove")
+    with pytest.raises(ValueError, match="turn_on_the_stove") as err:
+        check_covered("turn_on_the_stove")
+    assert "\n" not in str(err.value)

