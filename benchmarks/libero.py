@@ -15,7 +15,11 @@ Conventions (each with its source):
     horizon and the policy never sees them.
   * Success: LIBERO's BDDL goal predicates, `env.check_success()`, after every env step.
   * state: 8-D proprio = eef position (3), eef orientation as axis-angle (3), gripper finger
-    positions (2), as OpenVLA-OFT and LeRobot's LIBERO datasets use.
+    positions (2), as OpenVLA-OFT and LeRobot's LIBERO datasets use. With `--env.object-state`
+    (non-standard, privileged): 36-D, the proprio plus the world box centre and orientation of
+    each of the task's objects of interest (benchmarks/libero_scene.py: object_poses).
+  * privileged (always there, for the scripted experts; learned policies ignore it): the goal's
+    current step as boxes (benchmarks/libero_scene.py); episode: a random id per reset.
   * image: agentview and wrist (robot0_eye_in_hand) cameras, rotated by 180 degrees as OpenVLA
     preprocesses LIBERO frames, at `image_size` (default 128, LIBERO's native size).
   * Action: 7-D OSC_POSE delta (xyz, axis-angle) + gripper (-1 open, +1 close), in [-1, 1].
@@ -39,7 +43,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from vla_rl.benchmarks.libero_scene import PRIVILEGED_DIM, GoalStep, PrivilegedView, goal_steps
+from vla_rl.benchmarks.libero_scene import (
+    OBJECT_SLOTS,
+    POSE_DIM,
+    PRIVILEGED_DIM,
+    GoalStep,
+    PrivilegedView,
+    goal_steps,
+)
 from vla_rl.benchmarks.rendering import ensure_headless_gl
 from vla_rl.core.benchmark import Benchmark, EnvConfig, TaskSpec, check_split
 from vla_rl.core.registry import MissingExtraError
@@ -56,6 +67,7 @@ HORIZONS = {  # OpenVLA experiments/robot/libero/run_libero_eval.py (max_steps p
 SETTLE_STEPS = 10  # OpenVLA num_steps_wait
 NOOP_ACTION = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0]
 STATE_DIM = 8
+OBJECT_STATE_DIM = STATE_DIM + OBJECT_SLOTS * POSE_DIM  # --env.object-state: 8 + 4 x 7 = 36
 ACTION_DIM = 7
 CAMERAS = ("agentview", "robot0_eye_in_hand")
 INSTALL_HINT = "LIBERO is an optional extra: pip install -e '.[libero]'"
@@ -99,6 +111,7 @@ class LiberoSuite(Benchmark):
 
     action_dim = ACTION_DIM
     state_dim = STATE_DIM
+    object_state_dim = OBJECT_STATE_DIM
     noop_action = NOOP_ACTION
     fps = 20  # robosuite control_freq=20 (LIBERO's ControlEnv default)
     camera_names = ("agentview", "wrist")
@@ -192,9 +205,9 @@ class LiberoTaskEnv(gym.Env):
     def __init__(self, suite: str, cfg: EnvConfig):
         self.suite_name = suite
         self.cfg = cfg
-        spaces: dict[str, gym.Space] = {
-            "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32)
-        }
+        dim = OBJECT_STATE_DIM if cfg.object_state else STATE_DIM
+        state_space = gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+        spaces: dict[str, gym.Space] = {"state": state_space}
         if cfg.images:
             size = cfg.image_size
             spaces["image"] = gym.spaces.Box(0, 255, (len(CAMERAS), size, size, 3), np.uint8)
@@ -290,6 +303,8 @@ class LiberoTaskEnv(gym.Env):
                 np.asarray(raw["robot0_gripper_qpos"], np.float32),
             ]
         )
+        if self.cfg.object_state:  # privileged, non-standard (EnvConfig.object_state)
+            state = np.concatenate([state, self._view.object_poses()])
         obs = {"state": state, "privileged": self._view(), "episode": np.int64(self._episode)}
         if self.cfg.images:
             obs["image"] = np.stack(

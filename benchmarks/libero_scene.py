@@ -27,6 +27,11 @@ from typing import Any
 import numpy as np
 
 PRIVILEGED_DIM = 21
+OBJECT_SLOTS = 4
+"""Objects of interest in the object-state observation: the BDDL's `obj_of_interest`, in its
+order, zero-padded (libero_10's two-object tasks name 3; no task of the 5 suites names more than
+4, checked by tests/test_libero.py)."""
+POSE_DIM = 7  # position (3) + orientation quaternion (4, w x y z)
 
 PLACE_PREDICATES = ("on", "in")  # move an object onto / into a target
 ARTICULATED_PREDICATES = ("open", "close", "turnon", "turnoff")
@@ -102,6 +107,14 @@ class SceneGeometry:
         half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
         return (centre - half).min(0), (centre + half).max(0)
 
+    def orientation(self, name: str) -> np.ndarray:
+        """World orientation (w x y z) of an object's root body `<name>_main`; identity for
+        anything else (a site, a fixture region)."""
+        bid = self._mj.mj_name2id(self.model, self._mj.mjtObj.mjOBJ_BODY, name + "_main")
+        if bid < 0 or name not in self.env.objects_dict:
+            return np.array([1.0, 0.0, 0.0, 0.0])
+        return np.asarray(self.data.xquat[bid], np.float64)
+
     def joint(self, subject: str) -> tuple[float, np.ndarray, str]:
         """(position, world axis, body) of the joint an articulated step moves: a cabinet
         region `<fixture>_<level>_region` -> joint `<fixture>_<level>_level`; a fixture with one
@@ -170,6 +183,17 @@ class PrivilegedView:
             return self.geometry.box(step.subject)
         _, _, body = self.geometry.joint(step.subject)
         return self.geometry.body_box(body)
+
+    def object_poses(self) -> np.ndarray:
+        """(OBJECT_SLOTS * POSE_DIM,) float32: for each of the task's objects of interest, the
+        centre of its world box and its orientation (w x y z; identity for a region, e.g. a
+        drawer's inside, whose box moves with the drawer); zeros for unused slots."""
+        out = np.zeros((OBJECT_SLOTS, POSE_DIM), np.float32)
+        for k, name in enumerate(self.env.obj_of_interest[:OBJECT_SLOTS]):
+            lo, hi = self.geometry.box(name)
+            out[k, :3] = (lo + hi) / 2
+            out[k, 3:] = self.geometry.orientation(name)
+        return out.reshape(-1)
 
     def __call__(self) -> np.ndarray:
         out = np.zeros(PRIVILEGED_DIM, np.float32)

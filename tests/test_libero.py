@@ -141,3 +141,59 @@ def test_scripted_experts_refuse_uncovered_tasks_in_one_line():
     with pytest.raises(ValueError, match="turn_on_the_stove") as err:
         check_covered("turn_on_the_stove")
     assert "\n" not in str(err.value)
+
+
+def test_object_state_observation_contents_and_shapes():
+    """--env.object-state: 36-D = the 8-D proprio + 4 x (box centre, w x y z quaternion) of the
+    task's objects of interest; the first slot is where the simulator says the object is."""
+    from vla_rl.benchmarks.libero import OBJECT_STATE_DIM, STATE_DIM
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
+
+    cfg = EnvConfig(video_size=0, object_state=True)
+    bench = get_benchmark("libero_spatial", env=cfg)
+    assert bench.state_dim == OBJECT_STATE_DIM == 36
+    task = bench.tasks("eval")[0]
+    env = bench.env_factory(cfg)()
+    try:
+        obs, _ = env.reset(options={"task": task, "init_id": task.init_ids[0]})
+        assert obs["state"].shape == (36,) and obs["state"].dtype == np.float32
+        robosuite_env = env._env.env
+        names = robosuite_env.obj_of_interest
+        assert names == ["akita_black_bowl_1", "plate_1"]
+        poses = obs["state"][STATE_DIM:].reshape(4, 7)
+        bowl = robosuite_env.sim.data.body_xpos[
+            robosuite_env.sim.model.body_name2id(names[0] + "_main")
+        ]
+        assert np.linalg.norm(poses[0, :2] - bowl[:2]) < 0.02  # box centre over the body origin
+        assert abs(np.linalg.norm(poses[0, 3:]) - 1) < 1e-5 and np.all(poses[2:] == 0)
+    finally:
+        env.close()
+    # No task of the five suites has more objects of interest than the observation's slots.
+    import glob
+
+    from libero.libero import get_libero_path
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    for suite in ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"):
+        for path in glob.glob(os.path.join(get_libero_path("bddl_files"), suite, "*.bddl")):
+            assert len(robosuite_parse_problem(path)["obj_of_interest"]) <= 4, path
+
+
+def test_object_state_follows_from_the_policy_and_is_refused_elsewhere():
+    from vla_rl.core.benchmark import EnvConfig, apply_policy_observation, get_benchmark
+    from vla_rl.core.config import ConfigError
+
+    class Reads36:
+        state_dim = 36
+
+    bench = get_benchmark("libero_spatial")
+    cfg = apply_policy_observation(bench, EnvConfig(), Reads36())
+    assert cfg.object_state and bench.state_dim == 36
+
+    class Reads8:
+        state_dim = 8
+
+    with pytest.raises(ConfigError, match="drop --env.object-state"):
+        apply_policy_observation(get_benchmark("libero_spatial", env=cfg), cfg, Reads8())
+    with pytest.raises(ConfigError, match="applies to the LIBERO suites"):
+        get_benchmark("metaworld", env=EnvConfig(object_state=True))

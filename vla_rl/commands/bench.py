@@ -170,7 +170,7 @@ def run_rollout_bench(cfg: BenchConfig) -> int:
     for name in ("steps", "max_steps", "chunk_size", "repeats"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    benchmark = get_benchmark(cfg.benchmark)
+    benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     name = cfg.task or default_task_selection(benchmark)[0]
     task = replace(benchmark.tasks("train", [name])[0], max_steps=cfg.max_steps)
     print(

@@ -94,7 +94,7 @@ def run_policy_bench(cfg: PolicyBenchConfig) -> dict[str, Any]:
         )
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise ConfigError(f"--batch-sizes must be >= 1 each, got {list(cfg.batch_sizes)}")
-    benchmark = get_benchmark(cfg.benchmark)
+    benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     names = benchmark.resolve_task_names(list(cfg.tasks) or default_task_selection(benchmark))
     base = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)
     base.eval()

@@ -7,7 +7,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vla_rl.core.benchmark import EnvConfig, first_episodes, get_benchmark
+from vla_rl.core.benchmark import (
+    EnvConfig,
+    apply_policy_observation,
+    first_episodes,
+    get_benchmark,
+)
 from vla_rl.core.config import ConfigError, parse_cli, to_dict
 from vla_rl.core.policy import BasePolicy, load_policy
 from vla_rl.data.episodes import records_to_episodes
@@ -51,9 +56,10 @@ def collect(cfg: CollectConfig) -> dict:
     if cfg.action_noise < 0:
         raise ConfigError(f"--action-noise must be >= 0, got {cfg.action_noise}")
     check_output_location(cfg.output, directory=True, flag="--output")  # before the rollouts
-    benchmark = get_benchmark(cfg.benchmark)
+    benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     names = benchmark.resolve_task_names(list(cfg.tasks) or default_task_selection(benchmark))
     policy: BasePolicy = load_policy(cfg.policy, benchmark)
+    cfg.env = apply_policy_observation(benchmark, cfg.env, policy)
     if policy.chunk_size != 1:
         raise ConfigError(
             f"collect records one frame per env step, so it needs a policy with chunk size 1; "

@@ -61,7 +61,7 @@ class EvalConfig:
 
 
 def main(args: list[str]) -> int:
-    from vla_rl.core.benchmark import get_benchmark
+    from vla_rl.core.benchmark import apply_policy_observation, get_benchmark, observation_label
     from vla_rl.core.policy import load_policy
     from vla_rl.evaluation.protocol import evaluate
     from vla_rl.methods.taco.rerank import find_verifier, rerank_policy
@@ -73,10 +73,11 @@ def main(args: list[str]) -> int:
         raise ConfigError(f"--videos must be >= 0, got {cfg.videos}")
     if cfg.candidates < 1:
         raise ConfigError(f"--candidates must be >= 1, got {cfg.candidates}")
-    benchmark = get_benchmark(cfg.benchmark)
+    benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     # Validate every name before any env starts or any file is written.
     benchmark.resolve_task_names(list(cfg.tasks) or None)
     policy = load_policy(cfg.policy, benchmark, cfg.base_path, cfg.base_load)
+    cfg.env = apply_policy_observation(benchmark, cfg.env, policy)
     if cfg.rerank == "taco" and cfg.verifier is None:  # results.json names the one used
         cfg.verifier = str(find_verifier(cfg.policy))
     policy = rerank_policy(policy, cfg.policy, cfg.rerank, cfg.candidates, cfg.noise, cfg.verifier)
@@ -97,7 +98,8 @@ def main(args: list[str]) -> int:
     )
     print()
     rerank = "" if cfg.rerank == "none" else f", rerank {cfg.rerank} of K = {cfg.candidates}"
-    print(f"policy {cfg.policy} on {cfg.benchmark} (eval split{rerank})")
+    obs = "" if not cfg.env.object_state else f", {observation_label(cfg.env)}"
+    print(f"policy {cfg.policy} on {cfg.benchmark} (eval split{rerank}{obs})")
     print(format_table(results))
     t = results["timing"]
     print(f"\n{results['num_episodes']} episodes in {t['wall_s']:.1f} s "

@@ -141,7 +141,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     for name in ("lr", "grad_clip"):  # non-finite values are rejected by parse_cli already
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
-    benchmark = get_benchmark(cfg.benchmark)
+    benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     episodes = load_episodes(cfg.dataset, cfg.images)
     if not episodes:
         raise ValueError(f"{cfg.dataset} holds no episodes")

@@ -54,6 +54,12 @@ class EnvConfig:
     before it counts as hung: it is then killed and replaced, and its slots' episodes run again.
     Far above a chunk's time here: the slowest measured setting, LIBERO with two 128 px cameras
     at 17.7 env steps/s for 4 envs (docs/RESULTS.md), takes about 2 s for 8 steps of 4 envs."""
+    object_state: bool = False
+    """LIBERO only, non-standard: the state becomes the 8-D proprio plus the poses of the task's
+    objects of interest read from the simulator (privileged; benchmarks/libero_scene.py), so
+    that RL on LIBERO fits a CPU without images. Results with it are labelled
+    "object-state (privileged)" and are not comparable with the standard image protocol's.
+    A policy trained on it turns it on by itself (`apply_policy_observation`)."""
     backend: str = "local"
     """Where the per-slot envs run (the BACKENDS registry): local = worker processes on this
     machine (vla_rl/rollout/local.py). A benchmark that steps all its slots itself (a batched
@@ -93,6 +99,18 @@ class Benchmark(ABC):
     state_dim: int = 0  # Ds
     fps: int = 0  # control steps per second of simulated time (dataset timestamps, videos)
     camera_names: tuple[str, ...] = ()  # the Ncam cameras of obs["image"], in order
+    object_state_dim: int = 0  # Ds with EnvConfig.object_state; 0: the benchmark has no such view
+
+    def use_env_config(self, cfg: EnvConfig) -> None:
+        """Adapt what depends on the env settings (Ds with --env.object-state); ConfigError for
+        settings this benchmark cannot honour. get_benchmark(name, env=cfg) calls it."""
+        if cfg.object_state:
+            if not self.object_state_dim:
+                raise ConfigError(
+                    f"--env.object-state applies to the LIBERO suites, not {self.name!r} "
+                    "(its state is already the simulator's)"
+                )
+            self.state_dim = self.object_state_dim
 
     @property
     def noop_action(self) -> list[float]:
@@ -210,7 +228,50 @@ def random_episode(tasks: Sequence[TaskSpec], rng: np.random.Generator) -> Episo
     return EpisodeSpec(task, int(task.init_ids[int(rng.integers(len(task.init_ids)))]))
 
 
-def get_benchmark(name: str, **kwargs: Any) -> Benchmark:
+def get_benchmark(name: str, env: EnvConfig | None = None, **kwargs: Any) -> Benchmark:
+    """The registered benchmark `name`, adapted to the env settings `env` (use_env_config)."""
     from vla_rl.core.registry import BENCHMARKS
 
-    return BENCHMARKS.get(name)(**kwargs)
+    benchmark = BENCHMARKS.get(name)(**kwargs)
+    if env is not None:
+        benchmark.use_env_config(env)
+    return benchmark
+
+
+def observation_label(cfg: EnvConfig) -> str:
+    """What a results file says its observations were: tables never mix the two."""
+    return "object-state (privileged, non-standard)" if cfg.object_state else "standard"
+
+
+def policy_state_dim(policy: Any) -> int | None:
+    """Ds a policy (or the base inside a wrapper) was built for, when its config says."""
+    for p in (policy, getattr(policy, "base", None)):
+        if p is None:
+            continue
+        dim = getattr(p, "state_dim", None)
+        if not isinstance(dim, int) and hasattr(p, "get_config"):
+            dim = p.get_config().get("state_dim")
+        if isinstance(dim, int):
+            return dim
+    return None
+
+
+def apply_policy_observation(benchmark: Benchmark, cfg: EnvConfig, policy: Any) -> EnvConfig:
+    """The env settings a policy needs: a policy built for the benchmark's object state turns
+    --env.object-state on (with a note), so a user need not know the flag; a policy built for
+    the standard state under --env.object-state is a one-line ConfigError."""
+    import dataclasses
+
+    want = policy_state_dim(policy)
+    if not benchmark.object_state_dim or want is None:
+        return cfg
+    if not cfg.object_state and want == benchmark.object_state_dim:
+        print(f"note: the policy reads the {want}-D object state: --env.object-state turned on")
+        cfg = dataclasses.replace(cfg, object_state=True)
+        benchmark.use_env_config(cfg)
+    elif cfg.object_state and want != benchmark.object_state_dim:
+        raise ConfigError(
+            f"--env.object-state gives a {benchmark.object_state_dim}-D state; the policy reads "
+            f"{want}-D (the standard state): drop --env.object-state"
+        )
+    return cfg

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vla_rl.core.benchmark import Benchmark, EnvConfig, first_episodes
+from vla_rl.core.benchmark import Benchmark, EnvConfig, first_episodes, observation_label
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.trajectories import EpisodeRecord
 from vla_rl.evaluation.progress import episode_progress
@@ -127,6 +127,7 @@ def evaluate(
         # hung (and was replaced); their first, unfinished attempt counts nowhere else.
         "episodes_rerun": stats.episodes_rerun,
     }
+    results["observation"] = observation_label(env_cfg)
     results["config"] = config or {}
     results["provenance"] = provenance()
     if output_dir is not None:

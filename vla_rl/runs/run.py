@@ -199,12 +199,13 @@ class RunSetup:
 
 def setup_run(cfg: RunConfig) -> RunSetup:
     """Resolve the benchmark, tasks and base, and find the checkpoint to resume; writes nothing."""
-    from vla_rl.core.benchmark import get_benchmark
+    from vla_rl.core.benchmark import apply_policy_observation, get_benchmark
     from vla_rl.core.policy import load_policy
 
-    benchmark = get_benchmark(cfg.benchmark)
+    benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     names = benchmark.resolve_task_names(list(cfg.tasks) or None)
     base = load_policy(cfg.base, benchmark, cfg.base_path, cfg.base_load)
+    cfg.env = apply_policy_observation(benchmark, cfg.env, base)
     run = run_directory(cfg)
     loaded = load_state(run) if cfg.resume else None
     if cfg.resume and loaded is None:
