@@ -214,6 +214,7 @@ class LiberoTaskEnv(gym.Env):
         # The simulator's ground truth for the scripted experts (benchmarks/libero_scene.py).
         spaces["privileged"] = gym.spaces.Box(-np.inf, np.inf, (PRIVILEGED_DIM,), np.float32)
         spaces["episode"] = gym.spaces.Box(0, np.iinfo(np.int64).max, (), np.int64)
+        # obs["sim_state"] is left out of the space: its size differs between scenes.
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._envs: OrderedDict[str, Any] = OrderedDict()
@@ -305,12 +306,33 @@ class LiberoTaskEnv(gym.Env):
         )
         if self.cfg.object_state:  # privileged, non-standard (EnvConfig.object_state)
             state = np.concatenate([state, self._view.object_poses()])
-        obs = {"state": state, "privileged": self._view(), "episode": np.int64(self._episode)}
+        obs = {
+            "state": state,
+            "privileged": self._view(),
+            "episode": np.int64(self._episode),
+            # The flattened MuJoCo state (time, qpos, qvel): datasets keep it, so camera frames
+            # can be rendered after the fact (`render_states`, `vla-rl render-dataset`).
+            "sim_state": np.asarray(self._env.sim.get_state().flatten(), np.float32),
+        }
         if self.cfg.images:
             obs["image"] = np.stack(
                 [np.ascontiguousarray(raw[f"{cam}_image"][::-1, ::-1]) for cam in CAMERAS]
             )
         return obs
+
+    def render_states(self, task: TaskSpec, states: np.ndarray) -> np.ndarray:
+        """Camera frames (T, Ncam, H, W, 3) uint8 of `task`'s scene set to each flattened
+        simulator state of `states` (T, S), as `obs["image"]` would have shown them; needs
+        `cfg.images`. Leaves the env in the last state (reset before stepping it again)."""
+        if not self.cfg.images:
+            raise ValueError("render_states needs an env built with images (EnvConfig.images)")
+        self._env = self._get_env(task.name)
+        self._view = self._views[task.name]
+        frames = []
+        for flat in np.asarray(states, np.float64):
+            raw = self._env.set_init_state(flat)
+            frames.append(self._observe(raw)["image"])
+        return np.stack(frames)
 
     def render(self) -> np.ndarray:
         """A video frame of the agentview camera (video_size), upright."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vla_rl.core.benchmark import EnvConfig, get_benchmark
+from vla_rl.core.benchmark import EnvConfig, apply_policy_observation, get_benchmark
 from vla_rl.core.config import ConfigError, parse_cli, to_dict
 from vla_rl.core.registry import check_choice
 from vla_rl.data.episodes import ChunkData, load_episodes
@@ -27,6 +27,17 @@ from vla_rl.runs.checkpoint import find_checkpoint, load_checkpoint, save_checkp
 
 FAMILIES = ("flow", "tokenvla", "diffusion")
 DEFAULT_CHUNK = {"flow": 8, "tokenvla": 4, "diffusion": 8}  # see each family's constructor
+
+
+def dataset_benchmark(path: str) -> str | None:
+    """The benchmark a LeRobot dataset written by `vla-rl collect` names (None otherwise)."""
+    import json
+
+    info = Path(path) / "meta" / "info.json"
+    if not info.is_file():
+        return None
+    name = json.loads(info.read_text()).get("vla_rl", {}).get("benchmark")
+    return name if isinstance(name, str) else None
 
 
 @dataclass
@@ -40,8 +51,9 @@ class PretrainConfig:
     diffusion (DDPM/DDIM)."""
     output_dir: str = "runs/pretrain/flow"
     """Run directory: policy/, checkpoint/, metrics.jsonl, tensorboard/, results.json, plot."""
-    benchmark: str = "metaworld"
-    """Benchmark whose eval split scores the policy during training."""
+    benchmark: str = ""
+    """Benchmark whose eval split scores the policy during training. Empty: the one the
+    dataset was collected on (its meta/info.json, written by `vla-rl collect`), else metaworld."""
     eval_tasks: tuple[str, ...] = ()
     """Tasks for the periodic eval; empty = the dataset's tasks."""
     eval_every: int = 1000
@@ -141,6 +153,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     for name in ("lr", "grad_clip"):  # non-finite values are rejected by parse_cli already
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be > 0, got {getattr(cfg, name)}")
+    if not cfg.benchmark:
+        cfg.benchmark = dataset_benchmark(cfg.dataset) or "metaworld"
     benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     episodes = load_episodes(cfg.dataset, cfg.images)
     if not episodes:
@@ -169,6 +183,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         rng.bit_generator.state = state.pop("numpy_rng")
     else:
         policy = build_policy(cfg, data, instructions)
+    # A dataset of LIBERO's object state trains a policy that needs it in eval too.
+    cfg.env = apply_policy_observation(benchmark, cfg.env, policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
     if resume_from is not None:
         optimizer.load_state_dict(tree["optimizer"])

@@ -27,7 +27,13 @@ def records_to_episodes(records: list[EpisodeRecord], benchmark: Benchmark) -> l
             stacked = np.concatenate([o["image"] for o in r.observations])  # (T, Ncam, H, W, 3)
             images = {cam: stacked[:, i] for i, cam in enumerate(benchmark.camera_names)}
         reward = np.asarray(r.rewards, dtype=np.float32)
-        episodes.append(Episode(r.spec.task.instruction, state, action, reward, r.success, images))
+        extras = {}
+        if "sim_state" in r.observations[0]:  # LIBERO: frames can be rendered from it later
+            sim = np.concatenate([o["sim_state"] for o in r.observations]).astype(np.float32)
+            extras["observation.sim_state"] = sim
+        episodes.append(
+            Episode(r.spec.task.instruction, state, action, reward, r.success, images, extras)
+        )
     return episodes
 
 

@@ -37,6 +37,7 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 CHUNKS_SIZE = 1000  # lerobot's default files per chunk folder
+EXTRA_FEATURES = ("observation.sim_state",)  # per-frame features read into Episode.extras
 
 
 @dataclass
@@ -45,7 +46,10 @@ class Episode:
 
     state: (T, Ds) float32; action: (T, Da) float32, the action taken at each frame;
     images: camera name -> (T, H, W, 3) uint8; reward: (T,) reward after each action;
-    success: whether the episode reached the goal; task: the language instruction.
+    success: whether the episode reached the goal; task: the language instruction;
+    extras: more per-frame float32 features, feature name -> (T, D), e.g.
+    "observation.sim_state" (LIBERO's flattened MuJoCo state, from which `vla-rl render-dataset`
+    renders camera frames after the fact).
     """
 
     task: str
@@ -54,6 +58,7 @@ class Episode:
     reward: np.ndarray
     success: bool
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         t = len(self.state)
@@ -65,6 +70,9 @@ class Episode:
         for name, frames in self.images.items():
             if len(frames) != t:
                 raise ValueError(f"camera {name!r} has {len(frames)} frames, expected {t}")
+        for name, values in self.extras.items():
+            if len(values) != t:
+                raise ValueError(f"feature {name!r} has {len(values)} frames, expected {t}")
 
     @property
     def length(self) -> int:
@@ -124,6 +132,8 @@ def write_dataset(
     for ep in episodes:
         if sorted(ep.images) != cameras or ep.state.shape[1:] != first.state.shape[1:]:
             raise ValueError("all episodes must have the same cameras and state/action shapes")
+        if sorted(ep.extras) != sorted(first.extras):
+            raise ValueError("all episodes must have the same extra features")
     tasks = list(dict.fromkeys(ep.task for ep in episodes))  # first-seen order
     task_index = {task: i for i, task in enumerate(tasks)}
     loc = {"chunk_index": 0, "file_index": 0}
@@ -152,6 +162,9 @@ def write_dataset(
             "next.done": pa.array(done),
             "next.success": pa.array(success),
         }
+        for name in sorted(first.extras):  # lists: a suite's scenes may differ in their size
+            values = [row for ep in episodes for row in np.asarray(ep.extras[name], np.float32)]
+            columns[name] = pa.array(values, type=pa.list_(pa.float32()))
         data_file = tmp / DATA_PATH.format(**loc)
         data_file.parent.mkdir(parents=True)
         pq.write_table(pa.table(columns), data_file)
@@ -206,6 +219,9 @@ def write_dataset(
             "next.done": {"dtype": "bool", "shape": [1], "names": None},
             "next.success": {"dtype": "bool", "shape": [1], "names": None},
         }
+        for name in sorted(first.extras):  # the first episode's size (see the columns above)
+            dim = int(np.asarray(first.extras[name]).shape[1])
+            features[name] = {"dtype": "float32", "shape": [dim], "names": None}
         for cam in cameras:
             h, w = first.images[cam].shape[1:3]
             features[video_key(cam)] = {
@@ -296,11 +312,16 @@ class LeRobotDataset:
         if "next.success" in names:
             success = success or bool(np.asarray(rows.column("next.success")).any())
         task = meta["tasks"][0] if meta.get("tasks") else self.tasks[rows.column("task_index")[0]]
+        extras = {
+            key: np.asarray(rows.column(key).to_pylist(), dtype=np.float32)
+            for key in EXTRA_FEATURES
+            if key in names
+        }
         images = {}
         if load_images:
             for key in self.cameras:
                 images[key.removeprefix("observation.images.")] = self._frames(meta, key, n)
-        return Episode(str(task), state, action, reward, success, images)
+        return Episode(str(task), state, action, reward, success, images, extras)
 
     def _frames(self, meta: dict, key: str, n: int) -> np.ndarray:
         import imageio.v2 as imageio
