@@ -12,8 +12,27 @@ hold at success). Layout, every position in world metres:
                        zeros for an articulated step
     12:15              the moved thing's box centre at the reset (constant over an episode)
     15                 the step's index in the goal; 16: the goal's number of steps
-    17                 the articulation's joint position (m or rad; 0 for pick and place)
+    17                 the articulation's joint position (m or rad; 0 for pick and place,
+                       unless 26 is 1, as for 18:26)
     18:21              the articulation's joint axis in the world frame (0 for pick and place)
+    21:24              where the hand takes an articulated step's body (0 for pick and place):
+                       for a slide joint (a drawer) the centre of the body's collision geom that
+                       reaches farthest along the opening direction (the handle bar); for a hinge
+                       (the stove's knob) the centre of its topmost collision geom (the knob's
+                       fin), moved onto the joint's axis line
+    24                 the yaw (rad about world z, in [-pi/2, pi/2)) of that geom's longest
+                       horizontal axis (the handle bar's, the knob fin's)
+    25                 the joint position at which the step holds: the middle of LIBERO's range
+                       for the predicate (e.g. -0.15 for opening a wooden cabinet's drawer, 1.3
+                       for turning the flat stove on)
+    26                 1 when the step puts something into a drawer (a region of a fixture with
+                       a joint) that is not open (its Open predicate does not hold): 17:26 then
+                       describe that drawer's joint as for an `open` step, which the expert does
+                       first (libero_goal's "open the top drawer and put the bowl inside" has only
+                       the In predicate); else 0
+
+The current step is the first predicate that does not hold, except that closing a drawer waits
+while something still has to go into it (libero_10's goal lists the Close before the In).
 
 It is the simulator's ground truth, never what a learned policy on the standard protocol sees;
 learned policies ignore the key.
@@ -26,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-PRIVILEGED_DIM = 21
+PRIVILEGED_DIM = 27
 OBJECT_SLOTS = 4
 """Objects of interest in the object-state observation: the BDDL's `obj_of_interest`, in its
 order, zero-padded (libero_10's two-object tasks name 3; no task of the 5 suites names more than
@@ -62,6 +81,23 @@ def goal_steps(goal_state: list[list[str]]) -> list[GoalStep]:
         else:
             steps.append(GoalStep(kind, pred[1] if len(pred) > 1 else "", None))
     return steps
+
+
+def farthest_along(lo: np.ndarray, hi: np.ndarray, direction: np.ndarray) -> int:
+    """Index of the box (rows of lo, hi: (n, 3)) whose corner reaches farthest along
+    `direction`."""
+    reach = np.where(direction > 0, hi, lo) @ direction
+    return int(np.argmax(reach))
+
+
+def long_axis_yaw(rot: np.ndarray, half: np.ndarray) -> float:
+    """Yaw (rad about world z, wrapped to [-pi/2, pi/2): an axis has no sign) of the longest
+    horizontal axis of a box with world rotation `rot` (its columns are the box's axes) and
+    half-sizes `half`."""
+    horizontal = rot[:2, :] * half  # each axis's horizontal part, scaled by its half-size
+    i = int(np.argmax(np.linalg.norm(horizontal, axis=0)))
+    yaw = float(np.arctan2(horizontal[1, i], horizontal[0, i]))
+    return (yaw + np.pi / 2) % np.pi - np.pi / 2
 
 
 class SceneGeometry:
@@ -120,6 +156,13 @@ class SceneGeometry:
         region `<fixture>_<level>_region` -> joint `<fixture>_<level>_level`; a fixture with one
         joint (the stove's knob) -> that joint."""
         m, d = self.model, self.data
+        jid = self._joint_id(subject)
+        body = int(m.jnt_bodyid[jid])
+        axis = d.xmat[body].reshape(3, 3) @ m.jnt_axis[jid]
+        return float(d.qpos[m.jnt_qposadr[jid]]), axis, m.body(body).name
+
+    def _joint_id(self, subject: str) -> int:
+        m = self.model
         name = subject
         if subject.endswith("_region"):
             fixture_level = subject.removesuffix("_region")
@@ -134,9 +177,52 @@ class SceneGeometry:
             if len(candidates) != 1:
                 raise KeyError(f"no single joint for {subject!r} in this scene")
             jid = candidates[0]
-        body = int(m.jnt_bodyid[jid])
-        axis = d.xmat[body].reshape(3, 3) @ m.jnt_axis[jid]
-        return float(d.qpos[m.jnt_qposadr[jid]]), axis, m.body(body).name
+        return int(jid)
+
+    def _articulation(self, subject: str) -> dict[str, Any]:
+        """LIBERO's articulation properties (the predicates' joint ranges) of the fixture that
+        `subject` (a fixture, or a region of one) belongs to."""
+        state = self.env.object_states_dict[subject]
+        fixture = getattr(state, "parent_name", None) or subject
+        return self.env.get_object(fixture).object_properties["articulation"]
+
+    def goal_position(self, kind: str, subject: str) -> float:
+        """The joint position at which an articulated step holds: the middle of LIBERO's range
+        for the predicate (`default_<kind>_ranges`)."""
+        return float(np.mean(self._articulation(subject)[f"default_{kind}_ranges"]))
+
+    def handle(self, subject: str) -> tuple[np.ndarray, float]:
+        """(point, yaw) where the hand takes the body an articulated step moves (see the module
+        docstring, privileged 21:25)."""
+        m, d = self.model, self.data
+        jid = self._joint_id(subject)
+        key = f"joint:{jid}"
+        if key not in self._geoms:
+            bid = m.jnt_bodyid[jid]
+            self._geoms[key] = np.asarray(
+                [
+                    g
+                    for g in range(m.ngeom)
+                    if m.geom_bodyid[g] == bid and (m.geom_contype[g] or m.geom_conaffinity[g])
+                ]
+            )
+        geoms = self._geoms[key]
+        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
+        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
+        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        axis = d.xaxis[jid].copy()
+        if m.jnt_type[jid] == self._mj.mjtJoint.mjJNT_SLIDE:
+            props = self._articulation(subject)
+            opening = np.mean(props["default_open_ranges"]) - np.mean(props["default_close_ranges"])
+            direction = np.sign(opening) * axis
+        else:  # a hinge (a knob): its top, at the turning axis
+            direction = axis if axis[2] >= 0 else -axis
+        k = farthest_along(centre - half, centre + half, direction)
+        point = centre[k]
+        if m.jnt_type[jid] != self._mj.mjtJoint.mjJNT_SLIDE:
+            anchor = d.xanchor[jid]
+            point = anchor + axis * float((point - anchor) @ axis)
+        return point, long_axis_yaw(rot[k], m.geom_aabb[geoms[k], 3:])
 
     def body_box(self, body_name: str) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) of one body's collision geoms (a drawer, a knob)."""
@@ -165,10 +251,25 @@ class PrivilegedView:
     def current_step(self) -> int:
         """Index of the first goal predicate that does not hold (len(steps) when all do)."""
         goal = self.env.parsed_problem["goal_state"]
-        for i, pred in enumerate(goal):
-            if not self.env._eval_predicate(pred):
+        pending = [i for i, pred in enumerate(goal) if not self.env._eval_predicate(pred)]
+        for i in pending:
+            step = self.steps[i]
+            fills = [
+                j
+                for j in pending
+                if self.steps[j].kind in PLACE_PREDICATES and self.steps[j].target == step.subject
+            ]
+            if step.kind != "close" or not fills:
                 return i
-        return len(goal)
+        return pending[0] if pending else len(goal)
+
+    def _closed_drawer(self, region: str | None) -> bool:
+        """Whether `region` is the inside of a drawer (a fixture region with a joint) that is
+        not open."""
+        site = self.env.object_sites_dict.get(region) if region else None
+        if site is None or not getattr(site, "joints", None):
+            return False
+        return not self.env.object_states_dict[region].is_open()
 
     def reset(self) -> None:
         """Call after the episode's initial state is set: records the reset boxes."""
@@ -204,10 +305,18 @@ class PrivilegedView:
         if step.kind in PLACE_PREDICATES and step.target is not None:
             tlo, thi = self.geometry.box(step.target)
             out[6:9], out[9:12] = tlo, thi
-        elif step.kind in ARTICULATED_PREDICATES:
-            qpos, axis, _ = self.geometry.joint(step.subject)
+        joint = None
+        if step.kind in ARTICULATED_PREDICATES:
+            joint = step.kind, step.subject
+        elif step.kind in PLACE_PREDICATES and self._closed_drawer(step.target):
+            joint = "open", step.target
+            out[26] = 1.0
+        if joint is not None:
+            qpos, axis, _ = self.geometry.joint(joint[1])
             out[17] = qpos
             out[18:21] = axis
+            out[21:24], out[24] = self.geometry.handle(joint[1])
+            out[25] = self.geometry.goal_position(*joint)
         out[12:15] = self._start_centres.get(i, (lo + hi) / 2)
         out[15] = i
         out[16] = len(self.steps)

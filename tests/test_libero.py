@@ -105,11 +105,18 @@ def test_import_writes_nothing_to_home(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "suite, task_index",
-    [("libero_spatial", 4), ("libero_object", 0), ("libero_goal", 8)],  # drawer, basket, plate
+    [
+        ("libero_spatial", 4),  # a bowl from the top drawer
+        ("libero_object", 0),  # into the basket
+        ("libero_goal", 8),  # onto the plate
+        ("libero_goal", 0),  # open the middle drawer (~80 steps)
+        ("libero_goal", 7),  # turn on the stove (~90 steps)
+    ],
 )
 def test_scripted_expert_episode_reaches_the_bddl_goal(suite, task_index):
     """One expert episode per suite, from an eval initial state, reaches LIBERO's own success
     predicate (libero_spatial task 4 starts the bowl inside the top drawer)."""
+    from vla_rl.benchmarks.libero_scene import PRIVILEGED_DIM
     from vla_rl.core.benchmark import EnvConfig, get_benchmark
     from vla_rl.core.types import stack_obs
     from vla_rl.policies.scripted import ScriptedPolicy
@@ -120,7 +127,7 @@ def test_scripted_expert_episode_reaches_the_bddl_goal(suite, task_index):
     env = bench.env_factory(EnvConfig(video_size=0))()
     try:
         obs, info = env.reset(options={"task": task, "init_id": task.init_ids[0]})
-        assert obs["privileged"].shape == (21,) and not info["success"]
+        assert obs["privileged"].shape == (PRIVILEGED_DIM,) and not info["success"]
         for _ in range(task.max_steps):
             batch = stack_obs([dict(obs, task=task.name, instruction=task.instruction)])
             action = policy.sample_actions(batch, deterministic=True).actions[0, 0].numpy()
@@ -135,11 +142,18 @@ def test_scripted_expert_episode_reaches_the_bddl_goal(suite, task_index):
 def test_scripted_experts_refuse_uncovered_tasks_in_one_line():
     from vla_rl.policies.scripted_libero import check_covered, uncovered_reason
 
-    assert uncovered_reason("put_the_bowl_on_the_plate") is None
-    assert "'open' step" in uncovered_reason("open_the_middle_drawer_of_the_cabinet")
+    for covered in (
+        "put_the_bowl_on_the_plate",
+        "open_the_middle_drawer_of_the_cabinet",  # open
+        "open_the_top_drawer_and_put_the_bowl_inside",  # in, into a closed drawer
+        "turn_on_the_stove",  # turnon
+    ):
+        assert uncovered_reason(covered) is None, covered
     assert "plate" in uncovered_reason("push_the_plate_to_the_front_of_the_stove")
-    with pytest.raises(ValueError, match="turn_on_the_stove") as err:
-        check_covered("turn_on_the_stove")
+    close_it = "KITCHEN_SCENE4_put_the_black_bowl_in_the_bottom_drawer_of_the_cabinet_and_close_it"
+    assert "'close' step" in uncovered_reason(close_it)
+    with pytest.raises(ValueError, match="push_the_plate") as err:
+        check_covered("push_the_plate_to_the_front_of_the_stove")
     assert "\n" not in str(err.value)
 
 
