@@ -33,7 +33,7 @@ import pytest
 import torch
 from toy_benchmark import ToyBenchmark
 
-from vla_rl.core.benchmark import EnvConfig, EpisodeSpec, get_benchmark
+from vla_rl.core.benchmark import EnvConfig, EpisodeSpec, apply_policy_observation, get_benchmark
 from vla_rl.core.load_options import BaseLoadConfig, LoadOptionError, real_families
 from vla_rl.core.policy import load_policy
 from vla_rl.core.registry import POLICIES
@@ -54,7 +54,21 @@ def build(name, benchmark, directory):
     return entry.contract_instance(benchmark, directory)
 
 
-@pytest.fixture(scope="module", params=POLICIES.names())
+def policy_params():
+    """Every registered policy; one built for a LIBERO suite needs the [libero] extra."""
+    import importlib.util
+
+    has_libero = importlib.util.find_spec("libero") is not None
+    for name in POLICIES.names():
+        bench = POLICIES.get(name).contract_benchmark
+        marks = []
+        if bench is not None and bench.startswith("libero"):
+            skip = pytest.mark.skipif(not has_libero, reason="needs the [libero] extra")
+            marks = [pytest.mark.libero, skip]
+        yield pytest.param(name, marks=marks, id=name)
+
+
+@pytest.fixture(scope="module", params=list(policy_params()))
 def family(request, tmp_path_factory):
     """The family's contract instance and B observations of its benchmark (through its
     wrap_env), with the env's action box."""
@@ -68,6 +82,7 @@ def family(request, tmp_path_factory):
     # The toy env draws a camera cheaply; a simulator renders none (the families that exist
     # for one simulator, Meta-World's experts and bundled policies, read the state only).
     cfg = EnvConfig(num_envs=B, num_workers=0, images=toy, image_size=20, video_size=0)
+    cfg = apply_policy_observation(bench, cfg, policy)  # e.g. a LIBERO object-state base
     tasks = bench.tasks("train")[:B]
     episodes = [EpisodeSpec(tasks[i % len(tasks)], tasks[i % len(tasks)].init_ids[i])
                 for i in range(B)]  # fmt: skip
