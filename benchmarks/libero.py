@@ -135,6 +135,11 @@ class LiberoSuite(Benchmark):
     def task_names(self) -> list[str]:
         return [name for name, _, _ in self._task_infos]
 
+    @property
+    def horizon(self) -> int:
+        """Env steps per episode (OpenVLA's per-suite max_steps)."""
+        return HORIZONS[self.name]
+
     def tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskSpec]:
         check_split(split)
         wanted = set(self.resolve_task_names(names))
@@ -144,7 +149,7 @@ class LiberoSuite(Benchmark):
             if name not in wanted:
                 continue
             ids = tuple(range(k)) if split == "eval" else tuple(range(k, n_states))
-            out.append(TaskSpec(self.name, name, instruction, split, ids, HORIZONS[self.name]))
+            out.append(TaskSpec(self.name, name, instruction, split, ids, self.horizon))
         return out
 
     def env_factory(self, cfg: EnvConfig) -> LiberoEnvFactory:

@@ -72,13 +72,11 @@ Left out (found with `libero-pro audit` and by building the envs):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 from vla_rl.benchmarks.libero import HORIZONS, LiberoSuite, _import_libero, _quiet
-from vla_rl.core.benchmark import TaskSpec, check_split
 from vla_rl.core.registry import LIBERO_PRO_SUITES
 
 KINDS = ("position", "object", "language", "task", "distractor")
@@ -132,7 +130,7 @@ class LiberoProSuite(LiberoSuite):
         cls.kind, cls.base_suite = LIBERO_PRO_SUITES[cls.name]
 
     @property
-    def horizon(self) -> int:
+    def horizon(self) -> int:  # the suite it perturbs (LiberoSuite.tasks reads it)
         return HORIZONS[self.base_suite]
 
     @cached_property
@@ -180,19 +178,6 @@ class LiberoProSuite(LiberoSuite):
         distractor suites, whose tasks carry a scene prefix)."""
         (name,) = self.resolve_task_names([name])
         return next(t.base_task for t in self._pro_tasks if t.name == name)
-
-    def tasks(self, split: str, names: Sequence[str] | None = None) -> list[TaskSpec]:
-        # LiberoSuite.tasks with the base suite's horizon: the same split rule, by index.
-        check_split(split)
-        wanted = set(self.resolve_task_names(names))
-        k = self.config.num_eval_states
-        out = []
-        for name, instruction, n_states in self._task_infos:
-            if name not in wanted:
-                continue
-            ids = tuple(range(k)) if split == "eval" else tuple(range(k, n_states))
-            out.append(TaskSpec(self.name, name, instruction, split, ids, self.horizon))
-        return out
 
 
 # One class per registered suite (the registry names them "module:CLASS").
