@@ -50,3 +50,4 @@ class BundledCheckpoint:
 
 METAWORLD_FLOW = BundledCheckpoint("metaworld-flow", "metaworld")
 METAWORLD_TOKENVLA = BundledCheckpoint("metaworld-tokenvla", "metaworld")
+LIBERO_SPATIAL_STATE = BundledCheckpoint("libero-spatial-state", "libero_spatial")

@@ -96,6 +96,12 @@ POLICIES.register(
     "bundled OpenVLA-style token VLA for Meta-World MT10, trained on 1 demo per task",
 )
 POLICIES.register(
+    "libero-spatial-state",
+    "vla_rl.policies.bundled:LIBERO_SPATIAL_STATE",
+    "bundled flow-matching base for libero_spatial on the privileged object state "
+    "(--env.object-state, turned on by itself), cloned from 5 expert demos per task",
+)
+POLICIES.register(
     "zero",
     "vla_rl.policies.trivial:ZeroPolicy",
     "all-zero actions (LIBERO: gripper open); a trivial policy for throughput tests",
