@@ -63,8 +63,8 @@ class ResidualConfig:
     """Weight of an L2 penalty on the residual in the actor loss. ResFiT: 0 (optional)."""
     demos: str = "scripted"
     """Demonstrations for the demo buffer: "scripted" collects `demo_episodes` per task with the
-    benchmark's scripted experts (Meta-World) on the first train initial states, i.e. the same
-    demos the bundled base was trained on; a path loads a LeRobot v3.0 dataset or a LIBERO
+    benchmark's scripted experts (Meta-World, LIBERO) on the first train initial states, i.e.
+    demos the bundled bases were trained on; a path loads a LeRobot v3.0 dataset or a LIBERO
     .hdf5; "none" trains from online data only."""
     demo_episodes: int = 1
     """Scripted demos per task when demos = "scripted". 1: the bundled base's own data."""

@@ -110,12 +110,12 @@ def load_demos(
         from vla_rl.data.episodes import records_to_episodes
         from vla_rl.rollout.engine import RolloutEngine
 
-        if benchmark.name != "metaworld":
+        try:  # Meta-World's and LIBERO's experts; another benchmark has none
+            expert = load_policy("scripted", benchmark)
+        except ValueError as err:
             raise ValueError(
-                f"--residual.demos scripted needs scripted experts, which only metaworld has; "
-                f"pass a dataset path or 'none' for {benchmark.name!r}"
-            )
-        expert = load_policy("scripted", benchmark)
+                f"--residual.demos scripted: {err}; pass a dataset path or 'none'"
+            ) from err
         venv = benchmark.make_env(tasks, cfg.env)
         try:
             records = RolloutEngine(venv, cfg.env.pipeline_groups).run(
