@@ -27,13 +27,13 @@ COMMANDS: dict[str, str] = {
     "eval": "evaluate a policy on a benchmark's eval split",
     "collect": "roll out a policy on the train split; save a LeRobot v3 dataset",
     "pretrain": "behaviour-clone a policy family on a demonstration dataset",
-    "render-dataset": "render camera frames for a LIBERO dataset from its recorded sim states",
     "fit-verifier": "fit TACO's pseudo-count verifier (eval --rerank taco) on a policy's data",
     "benchmarks": "list benchmarks, task sets, tasks and policies",
     "doctor": "check the installation and say how to fix what is missing",
     "bench": "measure rollout throughput (engine vs raw simulator vs sequential)",
     "bench-policy": "a policy's chunk latency and engine-vs-sequential eval speed",
     "tiny-checkpoint": "write a tiny random-weight real-format VLA checkpoint (openvla, pi0, ...)",
+    "render-dataset": "render camera frames for a LIBERO dataset from its recorded sim states",
 }
 
 
