@@ -58,7 +58,8 @@ class EnvConfig:
     """LIBERO only, non-standard: the state becomes the 8-D proprio plus the poses of the task's
     objects of interest read from the simulator (privileged; benchmarks/libero_scene.py), so
     that RL on LIBERO fits a CPU without images. Results with it are labelled
-    "object-state (privileged)" and are not comparable with the standard image protocol's.
+    "object-state (privileged, non-standard)" and are not comparable with the standard image
+    protocol's.
     A policy trained on it turns it on by itself (`apply_policy_observation`)."""
     backend: str = "local"
     """Where the per-slot envs run (the BACKENDS registry): local = worker processes on this
