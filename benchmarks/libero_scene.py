@@ -129,6 +129,15 @@ class SceneGeometry:
             self._geoms[name] = np.asarray(geoms)
         return self._geoms[name]
 
+    def _geom_boxes(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per geom of `geoms`: the world centre (G, 3) and half-extent (G, 3) of its
+        axis-aligned bounding box, and its world rotation (G, 3, 3)."""
+        m, d = self.model, self.data
+        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
+        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
+        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        return centre, half, rot
+
     def box(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) of the axis-aligned world box around `name`: an object or fixture (its
         collision geoms) or a site (its position +- its size)."""
@@ -137,10 +146,7 @@ class SceneGeometry:
         if site >= 0 and not name.endswith("_default_site") and name not in self.env.objects_dict:
             half = np.abs(d.site_xmat[site].reshape(3, 3)) @ m.site_size[site]
             return d.site_xpos[site] - half, d.site_xpos[site] + half
-        geoms = self._body_geoms(name)
-        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
-        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
-        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        centre, half, _ = self._geom_boxes(self._body_geoms(name))
         return (centre - half).min(0), (centre + half).max(0)
 
     def orientation(self, name: str) -> np.ndarray:
@@ -207,9 +213,7 @@ class SceneGeometry:
                 ]
             )
         geoms = self._geoms[key]
-        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
-        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
-        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        centre, half, rot = self._geom_boxes(geoms)
         axis = d.xaxis[jid].copy()
         if m.jnt_type[jid] == self._mj.mjtJoint.mjJNT_SLIDE:
             props = self._articulation(subject)
@@ -225,17 +229,13 @@ class SceneGeometry:
         return point, long_axis_yaw(rot[k], m.geom_aabb[geoms[k], 3:])
 
     def body_box(self, body_name: str) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) of one body's collision geoms (a drawer, a knob)."""
+        """(lo, hi) of all of one body's geoms, visual ones included (a drawer, a knob)."""
         m = self.model
         bid = self._mj.mj_name2id(m, self._mj.mjtObj.mjOBJ_BODY, body_name)
         key = "body:" + body_name
         if key not in self._geoms:
             self._geoms[key] = np.asarray([g for g in range(m.ngeom) if m.geom_bodyid[g] == bid])
-        geoms = self._geoms[key]
-        d = self.data
-        rot = d.geom_xmat[geoms].reshape(-1, 3, 3)
-        centre = d.geom_xpos[geoms] + np.einsum("gij,gj->gi", rot, m.geom_aabb[geoms, :3])
-        half = np.einsum("gij,gj->gi", np.abs(rot), m.geom_aabb[geoms, 3:])
+        centre, half, _ = self._geom_boxes(self._geoms[key])
         return (centre - half).min(0), (centre + half).max(0)
 
 
