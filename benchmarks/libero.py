@@ -7,7 +7,10 @@ compatibility patch (checked by tests/test_libero.py).
 
 Conventions (each with its source):
   * Initial states: the official 50 per task (`get_task_init_states`). The first
-    `num_eval_states` (25) are the eval split, the rest train: disjoint by index.
+    `num_eval_states` (25) are the eval split, the rest train: disjoint by index. The init
+    state leaves out the fixtures (cabinets, stoves), whose poses LIBERO re-draws 1-2 cm apart
+    at every reset from numpy's global RNG; here that draw is seeded by (suite, task, init
+    state), so one episode spec is one scene in every run (upstream: a different one each time).
   * Horizons in env steps, from OpenVLA's LIBERO evaluation script (run_libero_eval.py):
     spatial 220, object 280, goal 300, libero_10 520, libero_90 400.
   * After every reset: 10 settle steps with the no-op action (zero motion, gripper open = -1)
@@ -34,6 +37,7 @@ import contextlib
 import io
 import math
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -277,8 +281,13 @@ class LiberoTaskEnv(gym.Env):
             raise ValueError('reset needs options={"task": TaskSpec, "init_id": int}')
         task: TaskSpec = options["task"]
         self._env = self._get_env(task.name)
-        self._env.reset()
-        raw = self._env.set_init_state(self._init_states[task.name][int(options["init_id"])])
+        init_id = int(options["init_id"])
+        # LIBERO re-draws the fixtures' poses (cabinets, stoves: model.body_pos, 1-2 cm apart)
+        # from numpy's global RNG at every reset, and the init state does not cover them: draw
+        # them from the episode's (task, init state), so the same spec is the same scene.
+        with _global_numpy_seed(zlib.crc32(f"{self.suite_name}/{task.name}/{init_id}".encode())):
+            self._env.reset()
+        raw = self._env.set_init_state(self._init_states[task.name][init_id])
         noop = np.asarray(NOOP_ACTION, dtype=np.float64)
         for _ in range(SETTLE_STEPS):
             raw, _, _, _ = self._env.step(noop)
@@ -315,9 +324,12 @@ class LiberoTaskEnv(gym.Env):
             "state": state,
             "privileged": self._view(),
             "episode": np.int64(self._episode),
-            # The flattened MuJoCo state (time, qpos, qvel): datasets keep it, so camera frames
-            # can be rendered after the fact (`render_states`, `vla-rl render-dataset`).
-            "sim_state": np.asarray(self._env.sim.get_state().flatten(), np.float32),
+            # The flattened MuJoCo state (time, qpos, qvel) and the fixtures' poses: datasets
+            # keep it, so camera frames can be rendered after the fact (`render_states`,
+            # `vla-rl render-dataset`).
+            "sim_state": np.concatenate(
+                [self._env.sim.get_state().flatten(), self._fixture_poses().ravel()]
+            ).astype(np.float32),
         }
         if self.cfg.images:
             obs["image"] = np.stack(
@@ -333,11 +345,38 @@ class LiberoTaskEnv(gym.Env):
             raise ValueError("render_states needs an env built with images (EnvConfig.images)")
         self._env = self._get_env(task.name)
         self._view = self._views[task.name]
+        self._env.reset()  # turns robosuite's visualization sites off, as every episode starts
+        states = np.asarray(states, np.float64)
+        n_fixtures = len(self._env.env.fixtures_dict)
+        n_mujoco = states.shape[1] - n_fixtures * 7
+        if n_mujoco != self._env.sim.get_state().flatten().shape[0]:
+            raise ValueError(
+                f"render_states: states of width {states.shape[1]} do not fit {task.name} "
+                f"(MuJoCo state {self._env.sim.get_state().flatten().shape[0]} + {n_fixtures} "
+                "fixture poses x 7)"
+            )
         frames = []
-        for flat in np.asarray(states, np.float64):
-            raw = self._env.set_init_state(flat)
+        for flat in states:
+            self._set_fixture_poses(flat[n_mujoco:].reshape(n_fixtures, 7))
+            raw = self._env.set_init_state(flat[:n_mujoco])
             frames.append(self._observe(raw)["image"])
         return np.stack(frames)
+
+    def _fixture_poses(self) -> np.ndarray:
+        """(F, 7) position and quaternion (w, x, y, z) of each fixture's root body, in
+        `fixtures_dict` order: the part of the scene that reset draws and the MuJoCo state lacks."""
+        env = self._env.env
+        model = env.sim.model
+        ids = [model.body_name2id(obj.root_body) for obj in env.fixtures_dict.values()]
+        return np.concatenate([model.body_pos[ids], model.body_quat[ids]], axis=1).reshape(-1, 7)
+
+    def _set_fixture_poses(self, poses: np.ndarray) -> None:
+        env = self._env.env
+        model = env.sim.model
+        for obj, pose in zip(env.fixtures_dict.values(), poses, strict=True):
+            body = model.body_name2id(obj.root_body)
+            model.body_pos[body] = pose[:3]
+            model.body_quat[body] = pose[3:]
 
     def render(self) -> np.ndarray:
         """A video frame of the agentview camera (video_size), upright."""
@@ -352,6 +391,18 @@ class LiberoTaskEnv(gym.Env):
         for env in self._envs.values():
             env.close()
         self._envs.clear()
+
+
+@contextlib.contextmanager
+def _global_numpy_seed(seed: int):
+    """Seed numpy's global RNG for a block (LIBERO's samplers draw from it), then put back the
+    state it had, so nothing outside the block sees the seed."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 class LIBERO_SPATIAL(LiberoSuite):  # noqa: N801  (named after the suite)

@@ -229,7 +229,7 @@ def test_dataset_round_trip_with_two_cameras_and_frames_rendered_from_sim_states
     recorded = LeRobotDataset(tmp_path / "d").episode(0)
     assert set(recorded.images) == {"agentview", "wrist"} and recorded.state.shape[1] == 8
     assert recorded.images["wrist"].shape[1:] == (128, 128, 3) and recorded.success
-    assert recorded.extras["observation.sim_state"].shape == (recorded.length, 92)
+    assert recorded.extras["observation.sim_state"].shape == (recorded.length, 92 + 2 * 7)
     render_dataset(RenderDatasetConfig(dataset=str(tmp_path / "d"), output=str(tmp_path / "r"),
                                        progress=False))  # fmt: skip
     rendered = LeRobotDataset(tmp_path / "r").episode(0)
