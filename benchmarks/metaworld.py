@@ -126,6 +126,7 @@ class MetaWorldBenchmark(Benchmark):
     state_dim = STATE_DIM
     fps = 80  # MuJoCo timestep 0.0025 s x frame_skip 5 = 12.5 ms per env step
     camera_names = (CAMERA,)
+    packages = ("metaworld", "mujoco")
 
     def __init__(self, config: MetaWorldConfig | None = None):
         self.config = config or MetaWorldConfig()

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_rl.core.noise import noise_keys
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation
 from vla_rl.policies.flow_chunk import time_embedding
@@ -200,6 +201,7 @@ class DiffusionChunkPolicy(BasePolicy):
         chain, log_prob, feature = sample_chain_candidates(
             self._chain_transition, self.encode(obs), num_candidates,
             self.chunk_size * self.action_dim, len(self._steps()), deterministic, generator,
+            noise_keys(obs),
         )  # fmt: skip
         unit = chain[:, -1].clamp(-1, 1).view(-1, self.chunk_size, self.action_dim)
         return ActionSample(

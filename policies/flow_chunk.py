@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_rl.core.noise import noise_keys
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation
 from vla_rl.policies.gaussian_chain import (
@@ -169,6 +170,7 @@ class FlowChunkPolicy(BasePolicy):
         chain, log_prob, feature = sample_chain_candidates(
             self._transition, self.encode(obs), num_candidates,
             self.chunk_size * self.action_dim, self.num_flow_steps, deterministic, generator,
+            noise_keys(obs),
         )  # fmt: skip
         unit = chain[:, -1].view(-1, self.chunk_size, self.action_dim)
         return ActionSample(

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from vla_rl.core import noise as noise_streams
+
 LOG_2PI = math.log(2 * math.pi)
 
 Transition = Callable[[int, torch.Tensor, bool], tuple[torch.Tensor, torch.Tensor]]
@@ -97,6 +99,7 @@ def sample_chain_candidates(
     num_steps: int,
     deterministic: bool,
     generator: torch.Generator | None,
+    keys: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """K chains per observation from one observation encoding.
 
@@ -106,13 +109,21 @@ def sample_chain_candidates(
     record["feature"]. Returns chain (B * K, num_steps + 1, D), log-likelihood (B * K,) and the
     final-step feature (B * K, Fh), rows observation-major. With K = 1 and no generator the
     random draws are those of one plain `sample_chain` call, so `sample_actions` is this with K = 1.
+    keys (B,): the rows' noise keys (vla_rl.core.noise; obs["noise_key"]): without a generator,
+    every draw of row b's candidate k comes from its own stream, whatever else is in the batch.
     """
     b = len(feature)
     feature = feature.repeat_interleave(num_candidates, 0)
-    x = draw_candidate_noise((dim,), b, num_candidates, generator)
     noise = None
-    if generator is not None and not deterministic:
-        noise = draw_candidate_noise((num_steps, dim), b, num_candidates, generator)
+    if generator is None and keys is not None:
+        x = noise_streams.standard_normal(keys, b, (dim,), "chain/x0", num_candidates)
+        if not deterministic:
+            shape = (num_steps, dim)
+            noise = noise_streams.standard_normal(keys, b, shape, "chain/eps", num_candidates)
+    else:
+        x = draw_candidate_noise((dim,), b, num_candidates, generator)
+        if generator is not None and not deterministic:
+            noise = draw_candidate_noise((num_steps, dim), b, num_candidates, generator)
     record: dict = {}
     chain, log_prob = sample_chain(
         transition_for(feature, record), x, num_steps, deterministic, noise
@@ -144,9 +155,14 @@ class FlowChainSampling:
     def sample_actions(self, obs, deterministic: bool = False):
         from vla_rl.core.types import ActionSample, obs_batch_size
 
-        dim = self.chunk_size * self.max_action_dim
-        noise = torch.randn(obs_batch_size(obs), dim, device=self.device)
-        chain, log_prob = sample_chain(self._transition(obs), noise, self.num_steps, deterministic)
+        b, dim = obs_batch_size(obs), self.chunk_size * self.max_action_dim
+        keys = noise_streams.noise_keys(obs)
+        x = noise_streams.standard_normal(keys, b, (dim,), "chain/x0", device=self.device)
+        eps = None
+        if keys is not None and not deterministic:
+            shape = (self.num_steps, dim)
+            eps = noise_streams.standard_normal(keys, b, shape, "chain/eps", device=self.device)
+        chain, log_prob = sample_chain(self._transition(obs), x, self.num_steps, deterministic, eps)
         final = chain[:, -1].view(len(chain), self.chunk_size, -1)[..., : self.action_dim].cpu()
         return ActionSample(self._unnormalize(final), log_prob, {"chain": chain})
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation
 from vla_rl.io.atomic import atomic_directory
@@ -275,11 +276,12 @@ class OpenVLAPolicy(PrismaticPolicyBase):
         embeds, mask = self.prefix(obs)
         out = self._lm(embeds, mask, use_cache=True)
         cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        keys = noise.noise_keys(obs)  # each row's own stream (vla_rl.core.noise)
         chosen, step_logits = [], []
         for i in range(self.action_dim):
             logits = self._action_logits(hidden)
-            column = logits.argmax(-1) if deterministic else torch.distributions.Categorical(
-                logits=logits / self.temperature).sample()  # fmt: skip
+            column = logits.argmax(-1) if deterministic else noise.categorical(
+                logits / self.temperature, keys, f"tokens/{i}")  # fmt: skip
             chosen.append(column)
             step_logits.append(logits)
             if i + 1 < self.action_dim:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vla_rl.core import noise
 from vla_rl.core.types import ActionSample, Observation
 from vla_rl.policies.gaussian_chain import gaussian_log_prob
 from vla_rl.policies.openvla import (
@@ -219,10 +220,11 @@ class OpenVLAOFTPolicy(PrismaticPolicyBase):
 
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         hidden = self.action_hidden(obs)
+        keys = noise.noise_keys(obs)  # each row's own stream (vla_rl.core.noise)
         if self.head_kind == "tokens":
             logits = self._action_logits(hidden)
-            columns = logits.argmax(-1) if deterministic else torch.distributions.Categorical(
-                logits=logits / self.temperature).sample()  # fmt: skip
+            columns = logits.argmax(-1) if deterministic else noise.categorical(
+                logits / self.temperature, keys, "tokens")  # fmt: skip
             log_p = self._log_softmax(logits).gather(-1, columns[..., None]).squeeze(-1)
             return ActionSample(self._decode(columns, self.chunk_size).float(), log_p.sum(-1),
                                 {"action_tokens": columns})  # fmt: skip
@@ -231,10 +233,14 @@ class OpenVLAOFTPolicy(PrismaticPolicyBase):
             unit, log_prob = mean, None
         else:
             scale = log_scale.exp() * self.temperature
-            if self.scale_kind == "laplace":
-                unit = torch.distributions.Laplace(mean, scale).sample()
+            shape = tuple(mean.shape[1:])
+            if self.scale_kind == "laplace":  # inverse CDF of Laplace(mean, scale)
+                u = noise.uniform(keys, len(mean), shape, "laplace", device=mean.device) - 0.5
+                u = u.clamp(-0.5 + 1e-7, 0.5 - 1e-7)
+                unit = mean - scale * u.sign() * torch.log1p(-2 * u.abs())
             else:
-                unit = mean + scale * torch.randn_like(mean)
+                eps = noise.standard_normal(keys, len(mean), shape, "normal", device=mean.device)
+                unit = mean + scale * eps
             log_prob = self._continuous_log_prob(unit, mean, log_scale).flatten(1).sum(-1)
         actions = unnormalize(unit.clamp(-1, 1), self.action_stats)
         return ActionSample(actions.float(), log_prob, {"unit_actions": unit})  # (B, Ta, Da)

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from vla_rl.benchmarks.libero_scene import GoalStep, goal_steps
+from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation
 
@@ -292,7 +293,11 @@ class ScriptedLiberoPolicy(BasePolicy):
             actions[b] = self._act(ep, step, priv, state)
         acts = torch.as_tensor(actions)[:, None]  # (B, Ta=1, Da)
         if self.action_noise > 0 and not deterministic:
-            acts = acts + self.action_noise * torch.randn_like(acts)
+            # Each row's own stream (vla_rl.core.noise): the same demo whatever the batch.
+            draw = noise.standard_normal(
+                noise.noise_keys(obs), len(acts), acts.shape[1:], "scripted"
+            )
+            acts = acts + self.action_noise * draw
         return ActionSample(actions=acts.clamp(-1.0, 1.0), log_prob=None)
 
     def _act(self, ep: _Episode, step: GoalStep, priv: np.ndarray, state: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation
 
@@ -53,7 +54,11 @@ class ScriptedMetaWorldPolicy(BasePolicy):
                 actions.append(self._experts[task].get_action(np.asarray(state, np.float64)))
         acts = torch.as_tensor(np.stack(actions), dtype=torch.float32)[:, None]  # (B, Ta=1, Da)
         if self.action_noise > 0 and not deterministic:
-            acts = acts + self.action_noise * torch.randn_like(acts)
+            # Each row's own stream (vla_rl.core.noise): the same demo whatever the batch.
+            draw = noise.standard_normal(
+                noise.noise_keys(obs), len(acts), acts.shape[1:], "scripted"
+            )
+            acts = acts + self.action_noise * draw
         # The experts' gains push raw actions far outside the action box (up to about +-10);
         # Meta-World clips them. Return what the env executes, so demonstrations record it.
         return ActionSample(actions=acts.clamp(-1.0, 1.0), log_prob=None)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation, obs_batch_size
 from vla_rl.policies.obs_encoder import InstructionTokenizer, Normalizer, benchmark_vocab
@@ -212,21 +213,25 @@ class TokenVLAPolicy(BasePolicy):
         so its candidates differ only in the sampled bins and share one feature (TACO cannot
         rank them; README.md says so).
         With a `generator` the sampling noise is a Gumbel bank shared by all observations
-        (token = argmax(logits / T + g), the same distribution as plain sampling); without one
-        tokens are drawn as `sample_actions` always drew them, so K = 1 is `sample_actions`.
+        (token = argmax(logits / T + g), the same distribution as plain sampling); without one,
+        Gumbel noise from each row's keyed stream (obs["noise_key"], vla_rl.core.noise) or, with
+        no keys, tokens drawn as `sample_actions` always drew them; K = 1 is `sample_actions`.
         """
         k, n = num_candidates, self.num_action_tokens
         gumbel = None
+        keys = noise.noise_keys(obs)
         if generator is not None and not deterministic:
-            u = torch.rand(k, n, NUM_BINS, generator=generator).clamp(1e-10, 1 - 1e-7)
-            gumbel = (-torch.log(-torch.log(u))).repeat(obs_batch_size(obs), 1, 1)
+            bank = noise.to_gumbel(torch.rand(k, n, NUM_BINS, generator=generator))
+            gumbel = bank.repeat(obs_batch_size(obs), 1, 1)
+        elif keys is not None and not deterministic:  # each row's own stream (vla_rl.core.noise)
+            gumbel = noise.gumbel(keys, obs_batch_size(obs), (n, NUM_BINS), "tokens", k)
 
-        def pick(logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        def pick(logits: torch.Tensor, g: torch.Tensor | None) -> torch.Tensor:
             if deterministic:
                 return logits.argmax(-1)
-            if noise is None:
+            if g is None:
                 return torch.distributions.Categorical(logits=logits / self.temperature).sample()
-            return (logits / self.temperature + noise).argmax(-1)
+            return (logits / self.temperature + g).argmax(-1)
 
         prefix = self.prefix(obs)
         if self.decoding == "parallel":

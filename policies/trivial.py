@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation, obs_batch_size
 
@@ -57,7 +58,10 @@ class RandomPolicy(BasePolicy):
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         b = obs_batch_size(obs)
         shape = (b, self.chunk_size, self.action_dim)
-        actions = torch.zeros(shape) if deterministic else torch.rand(shape) * 2 - 1
+        if deterministic:
+            actions = torch.zeros(shape)
+        else:  # each row's own stream (vla_rl.core.noise)
+            actions = noise.uniform(noise.noise_keys(obs), b, shape[1:], "random") * 2 - 1
         return ActionSample(actions=actions, log_prob=self.log_prob(obs, ActionSample(actions)))
 
     def log_prob(self, obs: Observation, sample: ActionSample) -> torch.Tensor:

@@ -36,6 +36,10 @@ class FinetuneConfig(RunConfig):
     """Hyperparameters of --method grpo."""
     srpo: SRPOConfig = field(default_factory=SRPOConfig)
     """Hyperparameters of --method srpo."""
+    seeds: tuple[int, ...] = ()
+    """A seed sweep: one run per seed, one after the other, in OUTPUT_DIR/seed-<s>, then
+    OUTPUT_DIR/sweep.json (mean and 95% interval over seeds, per task, each seed's paired
+    comparison with its base) and sweep_curve.png. Empty: one run with --seed."""
 
 
 def method_config(cfg: FinetuneConfig) -> Any:
@@ -76,6 +80,16 @@ def main(args: list[str]) -> int:
 
     cfg = parse_cli(FinetuneConfig, rename_legacy_flags(args, LEGACY_FLAGS),
                     prog="vla-rl finetune", description=FinetuneConfig.__doc__)  # fmt: skip
+    if cfg.seeds:
+        from vla_rl.runs.sweep import format_sweep, run_seeds
+
+        summary = run_seeds(cfg, cfg.seeds, finetune)
+        print(f"\n{cfg.method} on base {cfg.base}, {cfg.benchmark} eval split, seeds "
+              f"{' '.join(map(str, cfg.seeds))}")  # fmt: skip
+        print(format_sweep(summary))
+        print(f"sweep: {Path(summary['directory']) / 'sweep.json'}; plot: "
+              f"{Path(summary['directory']) / 'sweep_curve.png'}")  # fmt: skip
+        return 0
     res = finetune(cfg)
     base = res["base"]
     print()

@@ -101,6 +101,7 @@ class Benchmark(ABC):
     fps: int = 0  # control steps per second of simulated time (dataset timestamps, videos)
     camera_names: tuple[str, ...] = ()  # the Ncam cameras of obs["image"], in order
     object_state_dim: int = 0  # Ds with EnvConfig.object_state; 0: the benchmark has no such view
+    packages: tuple[str, ...] = ()  # distributions whose versions fix its tasks and physics
 
     def use_env_config(self, cfg: EnvConfig) -> None:
         """Adapt what depends on the env settings (Ds with --env.object-state); ConfigError for

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -424,9 +425,19 @@ def naive_candidates(
 ) -> ActionSample:
     """K candidates per observation by naive batching: each observation repeated K times
     (observation-major) and sampled as B * K independent rows, so the policy encodes every
-    observation K times. The baseline prefix sharing is measured against."""
+    observation K times. The baseline prefix sharing is measured against. A keyed batch
+    (vla_rl.core.noise) gives each candidate a key of its own, derived from its row's."""
+    from vla_rl.core.noise import NOISE_KEY, derive, noise_keys
+
     rows = torch.arange(obs_batch_size(obs)).repeat_interleave(num_candidates)
-    return policy.sample_actions(index_obs(obs, rows.numpy()), deterministic)
+    repeated = index_obs(obs, rows.numpy())
+    keys = noise_keys(obs)
+    if keys is not None:
+        repeated[NOISE_KEY] = np.array(  # type: ignore[typeddict-unknown-key]
+            [derive(key, "candidate", k) for key in keys.tolist() for k in range(num_candidates)],
+            dtype=np.int64,
+        )
+    return policy.sample_actions(repeated, deterministic)
 
 
 VLA_RL_FILE = "vla_rl.json"  # beside a real-format checkpoint we saved: policy type and options

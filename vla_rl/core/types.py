@@ -112,8 +112,12 @@ class EpisodeSpec:
 
     group: episodes with the same group id start from the same initial state (K rollouts per
         initial state, as GRPO needs); -1 when the caller does not group.
+    noise_key: the key of the episode's random streams (vla_rl.core.noise), which the rollout
+        engine sets on the spec a slot resets with; None: draws come from torch's global
+        generator.
     """
 
     task: TaskSpec
     init_id: int
     group: int = -1
+    noise_key: int | None = None

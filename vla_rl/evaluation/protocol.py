@@ -19,7 +19,7 @@ from vla_rl.core.trajectories import EpisodeRecord
 from vla_rl.evaluation.progress import episode_progress
 from vla_rl.evaluation.stats import wilson_interval
 from vla_rl.io.atomic import atomic_write_json
-from vla_rl.io.provenance import provenance
+from vla_rl.io.provenance import package_versions, provenance
 from vla_rl.rollout.engine import RolloutEngine
 
 
@@ -43,6 +43,9 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
         entry["mean_env_steps"] = entry.pop("steps") / n
     total_k = sum(e["successes"] for e in per_task.values())
     total_n = sum(e["episodes"] for e in per_task.values())
+    at_end: dict[str, list[bool]] = {}
+    for r in records:  # an episode that ended at its success step ends in a success state
+        at_end.setdefault(r.spec.task.name, []).append(r.success and r.terminated)
     return {
         # Mean over tasks (each task weighs the same, as LIBERO and Meta-World report it); equal
         # to the pooled rate when every task has the same number of episodes.
@@ -51,6 +54,13 @@ def summarize(records: Sequence[EpisodeRecord]) -> dict[str, Any]:
         "successes": total_k,
         "num_episodes": total_n,
         "per_task": per_task,
+        # Peers count success either at any step or at the episode's end; set beside theirs.
+        "success_definitions": {
+            "any_step": sum(e["success_rate"] for e in per_task.values()) / max(len(per_task), 1),
+            "at_end": sum(sum(v) / len(v) for v in at_end.values()) / max(len(at_end), 1),
+            "note": "success_rate counts success at any step; episodes end at their first "
+            "success (Meta-World, LIBERO), so the two agree",
+        },
         "episodes": [
             {
                 "task": r.spec.task.name,
@@ -115,6 +125,16 @@ def evaluate(
             bar.close()
 
     results = summarize(records)
+    # What `vla-rl compare` checks before it pairs two results episode by episode.
+    results["protocol"] = {
+        "benchmark": benchmark.name,
+        "split": "eval",
+        "episodes_per_task": n,
+        "deterministic": deterministic,
+        "seed": seed,  # keys the episodes' noise streams (vla_rl.core.noise)
+        "observation": observation_label(env_cfg),
+        "benchmark_version": package_versions(benchmark.packages),
+    }
     stats = engine.last_stats
     results["timing"] = {
         "wall_s": round(wall, 2),

@@ -9,14 +9,17 @@ fixed order, so the same episodes, policy and seed give the same results whateve
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vla_rl.core.benchmark import EpisodeSpec
+from vla_rl.core.noise import NOISE_KEY, episode_key, step_key
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.slots import SlotEnv, WorkerError
 from vla_rl.core.trajectories import EpisodeRecord
@@ -80,12 +83,17 @@ class RolloutEngine:
         record_video: (episode index, spec) -> whether to record that episode's frames.
         frames_per: "step" records a frame per env step (videos), "chunk" one per decision step
             plus the first (what a trajectory encoder samples from, at a fraction of the cost).
-        seed: seeds torch's RNG (policy sampling) for this call; None leaves it alone.
+        seed: keys every episode's random streams (vla_rl.core.noise) by (seed, task, init id,
+            occurrence), and every policy call's rows by decision step (obs["noise_key"]), so an
+            episode's draws do not depend on the batch it shared or the slot it ran in; also
+            seeds torch's global RNG for draws that are not keyed. None: no keys, the global
+            RNG left alone.
         Every decision (slot refills, policy calls) happens in the main process in a fixed order,
         so results depend on the seed and the configuration, never on timing.
         """
         venv = self.venv
         records: list[EpisodeRecord | None] = [None] * len(episodes)
+        keyed = list(episodes) if seed is None else _keyed(episodes, seed)
         pending = deque(enumerate(episodes))
         active: dict[int, tuple[int, EpisodeRecord]] = {}  # slot -> (episode index, record)
         rerun: dict[int, int] = {}  # episode index -> times its env was lost
@@ -103,7 +111,7 @@ class RolloutEngine:
                 if wants_video:
                     record.frames = []
                 active[slot] = (idx, record)
-                fill.append((slot, spec, record_mode if wants_video else False))
+                fill.append((slot, keyed[idx], record_mode if wants_video else False))
             if not fill:
                 return
             t0 = time.perf_counter()
@@ -120,6 +128,11 @@ class RolloutEngine:
             if not slots:
                 return None
             obs = venv.observe(slots)
+            if seed is not None:  # each row's key: its episode's and its decision step
+                obs[NOISE_KEY] = np.array(  # type: ignore[typeddict-unknown-key]
+                    [step_key(keyed[active[s][0]].noise_key, len(active[s][1].rewards))
+                     for s in slots], dtype=np.int64,
+                )  # fmt: skip
             t0 = time.perf_counter()
             with torch.no_grad():
                 sample = policy.sample_actions(obs, deterministic=deterministic)
@@ -144,7 +157,7 @@ class RolloutEngine:
                             f"the env of episode {spec.task.name!r} init {spec.init_id} was lost "
                             f"{rerun[idx]} times (its worker died or hung); giving up"
                         )
-                    pending.appendleft((idx, record.spec))
+                    pending.appendleft((idx, record.spec))  # same key: the same draws again
                     stats.episodes_rerun += 1
                     continue
                 chunk_reward = float(res.rewards.sum())
@@ -201,3 +214,17 @@ class RolloutEngine:
         stats.wall_s = time.perf_counter() - start
         self.last_stats = stats
         return records  # type: ignore[return-value]
+
+
+def _keyed(episodes: Sequence[EpisodeSpec], seed: int) -> list[EpisodeSpec]:
+    """The episodes with their noise keys: (seed, task, init id, occurrence), where occurrence
+    counts earlier episodes of the list with the same task and init id (a GRPO group's members
+    share their initial state, not their noise)."""
+    seen: dict[tuple[str, int], int] = {}
+    out = []
+    for spec in episodes:
+        at = (spec.task.name, spec.init_id)
+        seen[at] = seen.get(at, -1) + 1
+        key = episode_key(seed, spec.task.name, spec.init_id, seen[at])
+        out.append(dataclasses.replace(spec, noise_key=key))
+    return out

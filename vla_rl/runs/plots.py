@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vla_rl.io.atomic import atomic_file
 
@@ -125,4 +126,35 @@ def plot_loss_curve(losses: list[float], path: str | Path, title: str, ylabel: s
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.set_title(short_title(title), fontsize=10)
+    save_figure(fig, path)
+
+
+def plot_comparison_bars(results: list[dict[str, Any]], path: str | Path) -> None:
+    """Per-task success rates of A and of every B with their 95% Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(results[0]["per_task"]) + ["mean over tasks"]
+    labels = [results[0]["a"]] + [r["b"] for r in results]
+    width = 0.8 / len(labels)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(tasks) * len(labels)), 4.2))
+    x = np.arange(len(tasks))
+    for j, label in enumerate(labels):
+        side = "a" if j == 0 else "b"
+        res = results[max(j - 1, 0)]
+        rows = [res["per_task"][t] for t in tasks[:-1]] + [res["overall"]]
+        rates = np.array([r[side] for r in rows])
+        ci = np.array([r[f"{side}_ci95"] for r in rows])
+        ax.bar(x + (j - (len(labels) - 1) / 2) * width, rates, width, label=short_title(label, 60),
+               yerr=np.clip([rates - ci[:, 0], ci[:, 1] - rates], 0, None),
+               capsize=2)  # fmt: skip
+    ax.set_xticks(x, tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("success rate (95% Wilson interval)")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("paired comparison on the same episodes")
     save_figure(fig, path)

@@ -150,7 +150,8 @@ def final_results(
     results = evaluate(policy, benchmark, videos_per_task=cfg.videos, output_dir=run / "eval",
                        **common)  # type: ignore[arg-type]  # fmt: skip
     base_results = evaluate(base, benchmark, **common)  # type: ignore[arg-type]
-    keys = ("success_rate", "success_ci95", "successes", "num_episodes", "per_task")
+    keys = ("success_rate", "success_ci95", "successes", "num_episodes", "per_task",
+            "success_definitions", "episodes", "protocol")  # fmt: skip
     results["base"] = {k: base_results[k] for k in keys}
     results["improvement"] = round(results["success_rate"] - base_results["success_rate"], 4)
     results.update(extra)

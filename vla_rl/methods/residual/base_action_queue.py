@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from vla_rl.core.benchmark import EpisodeSpec
+from vla_rl.core.noise import NOISE_KEY, step_key
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.slots import SlotEnv, SlotStep
 from vla_rl.core.types import Observation, index_obs
@@ -38,6 +39,7 @@ class BaseActionQueue:
         self.base = base
         self.deterministic = deterministic
         self.queues: list[deque[np.ndarray]] = [deque() for _ in range(venv.num_envs)]
+        self.chunks = [0] * venv.num_envs  # base chunks queried in each slot's episode so far
         self.base_calls = 0  # times the base policy was queried (for tests and timing)
 
     # ---- forwarded unchanged: the queue changes what is observed and stepped, nothing else ----
@@ -69,6 +71,7 @@ class BaseActionQueue:
     ) -> list[list[np.ndarray] | None]:
         for slot in slots:  # a new episode starts a new base chunk
             self.queues[slot].clear()
+            self.chunks[slot] = 0
         return self.venv.reset_slots(slots, episodes, record)
 
     def observe(self, slots: Sequence[int]) -> Observation:
@@ -77,9 +80,19 @@ class BaseActionQueue:
         obs = self.venv.observe(slots)
         empty = [row for row, slot in enumerate(slots) if not self.queues[slot]]
         if empty:
+            base_obs = index_obs(obs, empty)
+            specs = [self.venv.episodes[slots[row]] for row in empty]
+            if all(spec is not None and spec.noise_key is not None for spec in specs):
+                # The base's draws keyed by its episode and its own chunk count (vla_rl.core.noise)
+                base_obs[NOISE_KEY] = np.array(  # type: ignore[typeddict-unknown-key]
+                    [step_key(spec.noise_key, self.chunks[slots[row]], "base")
+                     for spec, row in zip(specs, empty)], dtype=np.int64,
+                )  # fmt: skip
             with torch.no_grad():
-                chunks = self.base.sample_actions(index_obs(obs, empty), self.deterministic)
+                chunks = self.base.sample_actions(base_obs, self.deterministic)
             self.base_calls += 1
+            for row in empty:
+                self.chunks[slots[row]] += 1
             for row, chunk in zip(empty, chunks.actions.cpu().numpy()):
                 self.queues[slots[row]].extend(chunk.astype(np.float32))
         obs["base_action"] = np.stack([self.queues[slot][0] for slot in slots])  # type: ignore[typeddict-unknown-key]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vla_rl.core import noise
 from vla_rl.core.policy import (
     CONFIG_FILE,
     BasePolicy,
@@ -155,7 +156,9 @@ class ResidualPolicy(BasePolicy):
         base_unit = self.to_unit(torch.as_tensor(obs["base_action"], dtype=torch.float32))
         residual = self.residual(self.features(state, self.task_ids(obs["task"]), base_unit))
         if not deterministic and self.exploration_std > 0:
-            residual = residual + self.exploration_std * torch.randn_like(residual)
+            keys = noise.noise_keys(obs)  # each row's own stream (vla_rl.core.noise)
+            draw = noise.standard_normal(keys, len(residual), residual.shape[1:], "residual")
+            residual = residual + self.exploration_std * draw
         unit = (base_unit + residual).clamp(-1, 1)
         return ActionSample(
             actions=self.from_unit(unit)[:, None],  # (B, 1, Da)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from vla_rl.core import noise as noise_streams
 from vla_rl.core.policy import BasePolicy, naive_candidates
 from vla_rl.core.registry import check_choice
 from vla_rl.core.types import ActionSample, Observation, obs_batch_size
@@ -105,7 +106,8 @@ class RerankPolicy(BasePolicy):
         candidates = draw_candidates(self.base, obs, k, deterministic, self.noise == "fixed",
                                      self.noise_seed, self.share_prefix)  # fmt: skip
         if self.selection == "random":
-            best = torch.randint(k, (b,))
+            u = noise_streams.uniform(noise_streams.noise_keys(obs), b, (), "rerank")
+            best = (u * k).long().clamp_max(k - 1)  # each row's own stream (vla_rl.core.noise)
             scores = torch.full((b * k,), float("nan"))
         else:
             if "feature" not in candidates.extras:
