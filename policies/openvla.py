@@ -39,6 +39,7 @@ from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation
 from vla_rl.io.atomic import atomic_directory
+from vla_rl.policies.kv_cache import cache_kwargs, output_cache
 from vla_rl.policies.prismatic import IMAGE_STATS, PrismaticVLM, hf_to_timm, timm_to_hf
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
@@ -275,7 +276,7 @@ class OpenVLAPolicy(PrismaticPolicyBase):
     def sample_actions(self, obs: Observation, deterministic: bool = False) -> ActionSample:
         embeds, mask = self.prefix(obs)
         out = self._lm(embeds, mask, use_cache=True)
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
+        cache, hidden = output_cache(out), out.last_hidden_state[:, -1]
         keys = noise.noise_keys(obs)  # each row's own stream (vla_rl.core.noise)
         chosen, step_logits = [], []
         for i in range(self.action_dim):
@@ -288,9 +289,10 @@ class OpenVLAPolicy(PrismaticPolicyBase):
                 token = column[:, None] + self.vocab_size - NUM_BINS
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
                 positions = mask.sum(-1, keepdim=True) - 1
-                out = self.vlm.language_model.model(
+                lm = self.vlm.language_model.model
+                out = lm(
                     inputs_embeds=self.embed(token), attention_mask=mask, position_ids=positions,
-                    past_key_values=cache, use_cache=True,
+                    use_cache=True, **cache_kwargs(lm, cache),
                 )  # fmt: skip
                 hidden = out.last_hidden_state[:, -1]
         columns = torch.stack(chosen, 1)

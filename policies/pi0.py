@@ -38,6 +38,7 @@ from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import Observation
 from vla_rl.io.atomic import atomic_directory
 from vla_rl.policies.gaussian_chain import FlowChainSampling, flow_transition
+from vla_rl.policies.kv_cache import cache_kwargs, output_cache
 from vla_rl.policies.vla_checkpoint import (
     RealCheckpoint,
     check_loading_info,
@@ -244,7 +245,7 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
         )  # fmt: skip
 
     def _prefix_cache(self, x: dict[str, torch.Tensor]):
-        cache = self._prefix(x).past_key_values
+        cache = output_cache(self._prefix(x))
         return cache, cache.get_seq_length()
 
     def _transition(self, obs: Observation):
@@ -257,7 +258,7 @@ class Pi0Policy(FlowChainSampling, RealCheckpoint, BasePolicy):
             out = self.model(state=x["state"], noise=flat.view(shape).to(x["state"].dtype),
                              timestep=t, attention_mask=x["attention_mask"],
                              pixel_attention_mask=x["pixel_attention_mask"],
-                             past_key_values=cache)  # fmt: skip
+                             **cache_kwargs(self.model, cache))  # fmt: skip
             cache.crop(length - cache.get_seq_length())  # later steps see the prefix only
             return out.logits.flatten(1)
 

@@ -35,6 +35,7 @@ from torch import nn
 from vla_rl.core import noise
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.types import ActionSample, Observation, obs_batch_size
+from vla_rl.policies.kv_cache import cache_kwargs, output_cache
 from vla_rl.policies.obs_encoder import InstructionTokenizer, Normalizer, benchmark_vocab
 
 NUM_BINS = 256  # OpenVLA's bins per action dimension
@@ -241,7 +242,7 @@ class TokenVLAPolicy(BasePolicy):
             feature = hidden[:, -1].repeat_interleave(k, 0)
         else:  # one token at a time, reusing the keys/values of everything before it
             out = self._hidden(prefix, use_cache=True)
-            cache = out.past_key_values
+            cache = output_cache(out)
             if k > 1:
                 cache.batch_repeat_interleave(k)
             step_logits = self._action_logits(out.last_hidden_state[:, -1]).repeat_interleave(k, 0)
@@ -251,7 +252,7 @@ class TokenVLAPolicy(BasePolicy):
                 chosen.append(token)
                 all_logits.append(step_logits)
                 embed = self.lm.get_input_embeddings()(token[:, None] + self.text_vocab)
-                out = self._hidden(embed, past_key_values=cache, use_cache=True)
+                out = self._hidden(embed, use_cache=True, **cache_kwargs(self.lm.model, cache))
                 if i + 1 < n:
                     step_logits = self._action_logits(out.last_hidden_state[:, -1])
             bins = torch.stack(chosen, 1)
