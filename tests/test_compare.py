@@ -171,3 +171,17 @@ def test_a_seed_sweep_runs_every_seed_aggregates_and_resumes(tmp_path):
     shutil.rmtree(tmp_path / "sweep" / "seed-2")
     run_seeds(dataclasses.replace(cfg, resume=True), (0, 1, 2), finetune)
     assert [c[0] for c in calls] == [2] and calls[0][2] is False  # no checkpoint: a fresh run
+
+
+def test_compare_evaluates_policies_on_the_same_episodes(tmp_path, capsys):
+    """--policies: each policy through the eval protocol with the same seed, then compared."""
+    out = tmp_path / "cmp.json"
+    args = ["compare", "--policies", "scripted", "scripted", "zero", "--tasks",
+            "button-press-topdown-v3", "--episodes", "2", "--env.num-envs", "2",
+            "--env.num-workers", "0", "--output", str(out), "--no-progress"]  # fmt: skip
+    assert cli(args) == 0
+    same, worse = json.loads(out.read_text())
+    assert same["overall"]["difference"] == 0 and same["overall"]["mcnemar_p"] == 1.0
+    assert worse["overall"]["a"] == 1.0 and worse["overall"]["difference"] == -1.0
+    assert cli(["compare", "a.json", "--policies", "scripted"]) == 2  # one or the other
+    assert "not both" in capsys.readouterr().err

@@ -6,8 +6,8 @@ OUT=${1:?usage: run.sh OUT}
 mkdir -p "$OUT"
 # 1. The bundled flow base, deterministic (its ODE starts from keyed noise), 1 env vs 8 envs on
 #    the 500 MT10 eval episodes: every episode must agree.
-vla-rl eval --policy metaworld-flow --env.num-envs 1 --env.num-workers 1 --output-dir "$OUT/flow_1env" --overwrite
-vla-rl eval --policy metaworld-flow --env.num-envs 8 --env.num-workers 2 --output-dir "$OUT/flow_8env" --overwrite
+vla-rl eval --policy metaworld-flow --env.num-envs 1 --env.num-workers 1 --output-dir "$OUT/flow_1env"
+vla-rl eval --policy metaworld-flow --env.num-envs 8 --env.num-workers 2 --output-dir "$OUT/flow_8env"
 vla-rl compare "$OUT/flow_1env/results.json" "$OUT/flow_8env/results.json" --output "$OUT/flow_1v8.json"
 # 2. The README main job (every default) with three seeds.
 vla-rl finetune --seeds 0 1 2 --output-dir "$OUT/main_seeds" --no-progress
