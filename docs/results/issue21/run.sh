@@ -15,3 +15,9 @@ vla-rl finetune --seeds 0 1 2 --output-dir "$OUT/main_seeds" --no-progress
 for s in 0 1 2; do
   vla-rl compare "$OUT/main_seeds/seed-$s/results.json" --output "$OUT/main_seed${s}_vs_base.json" --plot "$OUT/main_seed${s}_vs_base.png"
 done
+# 4. The on-policy methods' headline runs (button-press-topdown-v3, 160k env steps) with three seeds.
+for method in grpo ppo; do
+  vla-rl finetune --method $method --tasks button-press-topdown-v3 --env-steps 160000 \
+    --eval-every 20000 --eval-episodes 20 --videos 0 --seeds 0 1 2 --no-progress \
+    --output-dir "$OUT/pg_bpt_$method"
+done
