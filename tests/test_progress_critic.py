@@ -251,3 +251,11 @@ class WrongShapeCritic(BrightnessCritic):
 def test_a_bad_primitive_output_is_rejected(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_reversed_numpy_views_are_accepted():
+    """A one-frame slice of a reversed view (negative strides that numpy calls contiguous)."""
+    frames = np.stack([np.full((4, 4, 3), v, np.uint8) for v in (0, 51, 102)])
+    critic = BrightnessCritic()
+    view = frames[::-1][:1]
+    assert critic.done(view, "task").shape == (1,)

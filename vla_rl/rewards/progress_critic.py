@@ -68,10 +68,12 @@ def _as_frames(frames: Frames, name: str) -> torch.Tensor:
         )
     if isinstance(frames, torch.Tensor):
         return frames.detach().cpu().contiguous()
-    # A copy only where needed: strided views, or read-only arrays (torch warns on those).
-    return torch.from_numpy(
-        np.ascontiguousarray(frames) if frames.flags.writeable else frames.copy()
-    )
+    # A copy only where needed: strided views, read-only arrays (torch warns on those) and
+    # negative strides (a one-frame slice of a reversed view counts as contiguous to numpy,
+    # but torch.from_numpy refuses it).
+    if not frames.flags.writeable or any(stride < 0 for stride in frames.strides):
+        return torch.from_numpy(frames.copy())
+    return torch.from_numpy(np.ascontiguousarray(frames))
 
 
 def _as_instructions(instruction: str | Sequence[str], n: int) -> list[str]:
