@@ -52,9 +52,12 @@ def run_seeds(
     return summary
 
 
-def _mean_ci(values: list[float]) -> dict[str, Any]:
+def _mean_ci(values: list[float], low: float = 0.0) -> dict[str, Any]:
+    """Mean and 95% interval over seeds, the interval cut to the values' range [low, 1] (a
+    t-interval over 3 rates near 1 reaches past it)."""
     lo, hi = seed_interval(values)
-    return {"mean": sum(values) / len(values), "ci95": [lo, hi], "per_seed": values}
+    return {"mean": sum(values) / len(values), "ci95": [max(lo, low), min(hi, 1.0)],
+            "per_seed": values}  # fmt: skip
 
 
 def aggregate(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -71,7 +74,9 @@ def aggregate(runs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
         "seeds": seeds,
         "success_rate": _mean_ci([r["success_rate"] for r in runs]),
         "base_success_rate": _mean_ci([r["base"]["success_rate"] for r in runs]),
-        "improvement": _mean_ci([r["success_rate"] - r["base"]["success_rate"] for r in runs]),
+        "improvement": _mean_ci(
+            [r["success_rate"] - r["base"]["success_rate"] for r in runs], low=-1.0
+        ),
         "per_task": {
             t: {
                 "success_rate": _mean_ci([r["per_task"][t]["success_rate"] for r in runs]),
