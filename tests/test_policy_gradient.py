@@ -250,14 +250,19 @@ def test_finetune_end_to_end(tmp_path, method):
     )  # fmt: skip
     mcfg = getattr(cfg, method)
     # 82 env steps: the horizon at which the base succeeds from some initial states and fails
-    # from others (measured), so groups have contrast and the update has a signal.
+    # from others (measured: it succeeds at 72-80 steps from most train states), so rollouts
+    # differ in outcome and the update has a signal.
     mcfg.episodes_per_step, mcfg.rollout_envs, mcfg.rollout_workers = 8, 4, 0
     mcfg.lr = 1e-3  # a visible change in two steps
     mcfg.minibatch_size = 16
     if method == "ppo":
         mcfg.critic_warmup_steps = 1
     else:
-        mcfg.group_size = 4
+        # A group's members share their initial state, and its outcome mostly follows it: with
+        # 2 groups per step both could be all-success or all-failure (measured with the
+        # per-episode noise streams: 0 of 2 groups kept in each of 2 steps), so 4 groups of 4.
+        mcfg.group_size, mcfg.episodes_per_step = 4, 16
+        cfg.env_steps = cfg.eval_every = 1400  # still two RL steps
     if method == "srpo":
         mcfg.progress.frames, mcfg.progress.frame_size = 4, 32
     res = finetune(cfg)

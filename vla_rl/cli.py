@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "bench-policy": "a policy's chunk latency and engine-vs-sequential eval speed",
     "tiny-checkpoint": "write a tiny random-weight real-format VLA checkpoint (openvla, pi0, ...)",
     "render-dataset": "render camera frames for a LIBERO dataset from its recorded sim states",
+    "fit-critic": "train a small pairwise progress critic on LeRobot datasets with images",
     "compare": "paired comparison of results on the same episodes (difference, CI, McNemar)",
 }
 

@@ -24,10 +24,9 @@ success flag only; the simulator's dense reward and success predicates are never
 
 from __future__ import annotations
 
-import math
+import json
 import time
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ from vla_rl.core.config import ConfigError, parse_cli, to_dict
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
 from vla_rl.rewards.pairwise_critic import (
-    UNKNOWN,
     PairwiseProgressCritic,
     hl_gauss_target,
     resize_frames,
@@ -271,7 +269,7 @@ def batch_losses(critic: PairwiseProgressCritic, bank: FrameBank, batch: dict) -
     features = net.encode(bank.frames[torch.from_numpy(unique)].to(device))
     inverse = torch.from_numpy(inverse).to(device)
     n = len(batch["a"])
-    f_a, f_b, f_done = features[inverse[:n]], features[inverse[n : 2 * n]], features[inverse[2 * n :]]
+    f_a, f_b, f_done = features[inverse].split([n, n, len(rows) - 2 * n])
 
     def tensor(x, dtype):
         return torch.as_tensor(x, dtype=dtype, device=device)
@@ -308,8 +306,9 @@ def checkpoint(run: Path, critic: PairwiseProgressCritic, optimizer, state: dict
 
 
 def identity(cfg: FitCriticConfig) -> dict[str, Any]:
-    """The settings that shape the training (a resume must match them)."""
-    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY}
+    """The settings that shape the training (a resume must match them), as state.json stores
+    them (through JSON, so tuples compare as the lists they come back as)."""
+    return json.loads(json.dumps({k: v for k, v in to_dict(cfg).items() if k not in RUN_ONLY}))
 
 
 def count(episodes: list[CriticData]) -> dict[str, int]:
@@ -421,9 +420,11 @@ def fit_critic(cfg: FitCriticConfig) -> dict:
 @torch.no_grad()
 def held_out_losses(critic, held: list[CriticData], groups: int, wrong: float, seed: int) -> dict:
     """The training losses on 8 seeded batches of held-out queries (means)."""
-    if not all(e.instruction in critic.instructions for e in held):
-        # an instruction held out entirely is UNKNOWN to the critic: its labels would mislead
-        held = [e for e in held if critic.knows(e.instruction)]
+    # An instruction held out entirely is UNKNOWN to the critic, which is trained to answer 0
+    # there: scoring its episodes against progress labels would mislead.
+    held = [e for e in held if critic.knows(e.instruction)]
+    if not held:
+        return {}
     bank = FrameBank(held, critic)
     if not bank.success.any():
         return {}
@@ -451,6 +452,3 @@ def main(args: list[str]) -> int:
         f"critic: {res['critic_dir']} (details: {Path(cfg.output_dir) / 'fit.json'})"
     )
     return 0
-
-
-__all__ = ["FitCriticConfig", "fit_critic", "main", "asdict", "math", "UNKNOWN"]

@@ -52,17 +52,21 @@ def progress_delta(p_a: np.ndarray | float, p_b: np.ndarray | float) -> np.ndarr
     return np.where(p_b >= p_a, gain, loss)
 
 
-def vlac_pair_label(i: np.ndarray | int, j: np.ndarray | int, length: int) -> np.ndarray:
+def vlac_pair_label(
+    i: np.ndarray | int, j: np.ndarray | int, length: np.ndarray | int
+) -> np.ndarray:
     """The label of the pair (frame i, frame j) of a successful episode of `length` frames,
-    whose progress is taken as t / (length - 1) (0 at the first frame, 1 at the last).
+    whose progress is taken as t / (length - 1) (0 at the first frame, 1 at the last);
+    i, j, length broadcast elementwise (one length per pair when pairs come from many episodes).
 
     j > i: (j - i) / (length - 1 - i), VLAC's c = dt / (T - i) with T the last frame's index;
     j < i: -(i - j) / i, the fraction of the achieved progress lost. The paper writes dt / (T - i)
     for negative dt too, which is unbounded below; this form stays in [-1, 0] and makes the
     reverse of a forward pair undo it exactly (critics.md 4.3 deviates on purpose the same way).
     """
-    if length < 2:
-        raise ValueError(f"a pair label needs an episode of at least 2 frames, got {length}")
+    length = np.asarray(length)
+    if (length < 2).any():
+        raise ValueError(f"a pair label needs episodes of at least 2 frames, got {length.min()}")
     last = length - 1
     return progress_delta(np.asarray(i) / last, np.asarray(j) / last)
 
