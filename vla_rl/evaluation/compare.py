@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vla_rl.evaluation.protocol import text_table
 from vla_rl.evaluation.stats import mcnemar_exact_p, paired_bootstrap_interval, wilson_interval
 
 ALPHA = 0.05  # significance level of the McNemar test (two-sided), the field's usual 5%
@@ -163,13 +164,7 @@ def format_comparison(result: dict[str, Any]) -> str:
         rows.append((name, f"{r['a']:.3f}", f"{r['b']:.3f}", f"{r['difference']:+.3f}",
                      f"[{lo:+.3f}, {hi:+.3f}]", str(r["only_a"]), str(r["only_b"]),
                      f"{r['mcnemar_p']:.3g}", "*" if r["significant"] else ""))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = [f"A = {result['a']}", f"B = {result['b']}"]
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                               for j, (c, w) in enumerate(zip(row, widths))).rstrip())  # fmt: skip
-        if i == 0 or i == len(rows) - 2:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = [f"A = {result['a']}", f"B = {result['b']}", *text_table(rows)]
     note = f"* McNemar's exact test p < {result['alpha']} (two-sided)"
     if not result["same_noise"]:
         note += "; the eval seeds differ, so the noise does (the initial states are still paired)"

@@ -185,11 +185,17 @@ def format_table(results: dict[str, Any]) -> str:
     lo, hi = results["success_ci95"]
     rows.append(("mean over tasks", f"{results['success_rate']:.3f}", f"[{lo:.3f}, {hi:.3f}]",
                  str(results["num_episodes"])))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(text_table(rows))
+
+
+def text_table(rows: list[tuple[str, ...]]) -> list[str]:
+    """The lines of a per-task table: the first column left-aligned, the others right-aligned,
+    a rule under the header (rows[0]) and one above the last row (the overall line)."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for i, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                               for j, (c, w) in enumerate(zip(row, widths))))  # fmt: skip
+                               for j, (c, w) in enumerate(zip(row, widths))).rstrip())  # fmt: skip
         if i == 0 or i == len(rows) - 2:
             lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return lines

@@ -14,6 +14,7 @@ from typing import Any
 
 from vla_rl.core.config import ConfigError
 from vla_rl.evaluation.compare import compare, read_side
+from vla_rl.evaluation.protocol import text_table
 from vla_rl.evaluation.stats import seed_interval
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
@@ -104,13 +105,7 @@ def format_sweep(summary: dict[str, Any]) -> str:
         rows.append((name, cell(e["base_success_rate"]), cell(e["success_rate"])))
     rows.append(("mean over tasks", cell(summary["base_success_rate"]),
                  cell(summary["success_rate"])))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w)
-                               for j, (c, w) in enumerate(zip(row, widths))))  # fmt: skip
-        if i == 0 or i == len(rows) - 2:
-            lines.append("  ".join("-" * w for w in widths))
+    lines = text_table(rows)
     imp = summary["improvement"]
     lines.append(f"improvement {cell(imp)} over {len(summary['seeds'])} seeds "
                  f"(95% Student-t interval over seeds)")  # fmt: skip
