@@ -188,3 +188,45 @@ def test_bad_input_gives_one_line_errors(tmp_path, dataset):
         with pytest.raises(ValueError, match="expected a pairwise progress critic") as info:
             PairwiseProgressCritic.load(directory)
         assert "\n" not in str(info.value)
+
+
+# ---- vla-rl critic-quality -------------------------------------------------------------------
+def test_critic_quality_scores_the_fits_held_out_episodes(fitted, dataset, tmp_path):
+    from vla_rl.commands.critic_quality import CriticQualityConfig, run_quality
+
+    out, _ = fitted
+    fit = json.loads((out / "fit.json").read_text())
+    cfg = CriticQualityConfig(critic=str(out / "critic"), datasets=(str(dataset),),
+                              fit=str(out / "fit.json"), output=str(tmp_path / "q" / "q.json"),
+                              timing_pairs=8)  # fmt: skip
+    res = run_quality(cfg)
+    assert sorted(res["episodes_scored"]) == sorted(fit["held_out_episodes"])
+    # the same critic on the same episodes as fit.json's own quality
+    assert res["quality"]["voc"]["mean"] == pytest.approx(fit["quality"]["voc"]["mean"])
+    assert set(res["milliseconds_per_pair"]) == {"batch_1", "batch_64"}
+    assert all(v > 0 for v in res["milliseconds_per_pair"].values())
+    assert (tmp_path / "q" / "progress.png").is_file()
+    assert json.loads((tmp_path / "q" / "q.json").read_text())["quality"] == res["quality"]
+
+
+def test_critic_quality_bad_input_exits_2_and_writes_nothing(fitted, tmp_path, capsys):
+    from vla_rl.cli import main
+
+    out, _ = fitted
+    no_images = make_dataset(tmp_path / "state_only", with_images=False)
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    (wrong / "config.json").write_text('{"format": "something else"}')
+    q = tmp_path / "q" / "q.json"
+    cases = [
+        (["--critic", str(out / "critic"), "--datasets", str(no_images)], "no camera images"),
+        (["--critic", str(wrong), "--datasets", str(no_images)], "not a progress critic"),
+        (["--datasets", str(no_images)], "--critic is required"),
+        (["--critic", str(out / "critic"), "--datasets", str(no_images), "--mode", "x"],
+         "anchored, chained"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(["critic-quality", *args, "--output", str(q)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+        assert not q.parent.exists()

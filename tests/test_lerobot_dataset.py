@@ -132,6 +132,37 @@ def test_collect_writes_train_split_demos_that_replay_to_success(tmp_path):
     env.close()
 
 
+def test_collect_records_a_chunked_policys_rollouts_failures_included(tmp_path):
+    """The bundled flow base (Ta = 8) with action noise: one frame and action per env step, its
+    failures kept, and the recorded actions replay the recorded states exactly."""
+    from vla_rl.cli import main
+    from vla_rl.core.benchmark import EnvConfig, get_benchmark
+
+    out = tmp_path / "rollouts"
+    args = ["collect", "--policy", "metaworld-flow", "--output", str(out), "--tasks",
+            "reach-v3", "--episodes", "2", "--env.max-steps", "20", "--env.num-envs", "2",
+            "--env.num-workers", "0", "--no-progress", "--no-successes-only"]  # fmt: skip
+    assert main([*args, "--action-noise", "0.3"]) == 0
+    ds = LeRobotDataset(out)
+    assert len(ds) == 2
+    bench = get_benchmark("metaworld")
+    task = bench.tasks("train", ["reach-v3"])[0]
+    env = bench.env_factory(EnvConfig(video_size=0))()
+    noisy = []
+    for i, init_id in enumerate(ds.info["vla_rl"]["init_ids"]["reach-v3"]):
+        episode = ds.episode(i)
+        assert not episode.success and len(episode.action) == 20  # 20 steps, not 3 chunks
+        obs, _ = env.reset(options={"task": task, "init_id": init_id})
+        for t, action in enumerate(episode.action[:-1]):
+            obs, *_ = env.step(action)
+            np.testing.assert_allclose(obs["state"], episode.state[t + 1], atol=1e-5)
+        noisy.append(episode.action)
+    env.close()
+    assert main([*args, "--output", str(tmp_path / "clean")]) == 0
+    clean = LeRobotDataset(tmp_path / "clean").episode(0).action
+    assert 0.1 < np.abs(noisy[0] - clean).mean() < 0.5  # the noise is there, at its scale
+
+
 def test_collect_with_nothing_to_keep_writes_nothing(tmp_path, capsys):
     from vla_rl.cli import main
 

@@ -27,11 +27,15 @@ def test_an_unknown_method_names_the_valid_ones():
 
 
 @pytest.mark.parametrize("name", REWARDS.names())
-def test_every_reward_builds_from_default_settings(name):
+def test_every_reward_builds_from_default_settings(name, tmp_path):
     from test_policy_gradient import tiny_flow
+
+    from vla_rl.rewards.pairwise_critic import PairwiseProgressCritic
 
     pg = PolicyGradientConfig(reward=(name,))
     pg.progress.encoder = "policy"  # no weights to load; the reward's own logic is the same
+    # the one setting without a default: the critic reward's critic directory
+    pg.critic = str(PairwiseProgressCritic(["a task"]).save(tmp_path / "critic"))
     model = REWARDS.get(name)(pg, tiny_flow())
     assert isinstance(model, RewardModel) and model.frame_size >= 0
 

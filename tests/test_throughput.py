@@ -1,4 +1,4 @@
-"""The rollout throughput bench measures the same work in its three modes."""
+"""The rollout throughput bench measures the same work in its four modes."""
 
 from dataclasses import replace
 
@@ -7,6 +7,7 @@ from toy_benchmark import ToyBenchmark
 from vla_rl.commands.bench import (
     BenchConfig,
     measure_engine,
+    measure_gym_async,
     measure_raw,
     measure_sequential,
     simulator_processes,
@@ -25,6 +26,33 @@ def test_three_modes_count_env_steps():
     assert 300 < engine["env_steps"] <= 400
     assert seq["env_steps"] == 200
     assert all(r["env_steps_per_s"] > 0 for r in (raw, engine, seq))
+
+
+def test_gym_async_vector_env_row_autoresets_into_the_task():
+    """Ta = 3 and a horizon of 20: episodes end mid-chunk, so gymnasium's autoreset (which calls
+    reset() without options; a toy env then fails) runs inside the measured loop."""
+    bench = ToyBenchmark()
+    cfg = BenchConfig(steps=120, max_steps=20, chunk_size=3, env=EnvConfig(num_envs=2))
+    task = replace(bench.tasks("train", ["left"])[0], max_steps=cfg.max_steps)
+    row = measure_gym_async(bench, task, cfg)
+    assert row["env_steps"] == 120 and row["processes"] == 2 and row["env_steps_per_s"] > 0
+
+
+def test_every_bench_table_has_the_gym_async_row(tmp_path, monkeypatch, capsys):
+    import json
+
+    import vla_rl.commands.bench as bench_cmd
+
+    monkeypatch.setattr(bench_cmd, "get_benchmark", lambda name, env: ToyBenchmark())
+    for mode, rate in (("raw", 100.0), ("engine", 90.0), ("sequential", 45.0), ("gym_async", 60.0)):
+        row = {"env_steps": 10, "wall_s": 10 / rate, "env_steps_per_s": rate}
+        monkeypatch.setattr(bench_cmd, f"measure_{mode}", lambda *a, row=row: row)
+    cfg = BenchConfig(repeats=1, output=str(tmp_path / "bench.json"))
+    assert bench_cmd.run_rollout_bench(cfg) == 0
+    results = json.loads((tmp_path / "bench.json").read_text())["results"]
+    assert len(results["runs"]["gym_async"]) == 1
+    assert results["engine_over_gym_async"] == 1.5
+    assert "engine / gym_async  = 1.50" in capsys.readouterr().out
 
 
 def test_raw_baseline_gets_the_engines_process_count():

@@ -6,19 +6,25 @@
               a trivial policy called once per decision step on the whole batch.
   sequential: one env and one policy call per env step in a single process: what a plain
               evaluation loop does.
+  gym_async:  gymnasium's own AsyncVectorEnv over the same B envs with the same policy called
+              once per chunk on the whole batch: the vector env a user would otherwise pick.
+              It has no setting for several envs per process, so it runs B processes on the
+              same cores.
 
-All three run the same task, the same horizon and the same resets, and count env steps per
-second of wall-clock. Ratios: engine / raw (target >= 0.9) and engine / sequential (on 2 cores
-the physical limit is about 2x).
+All four run the same task, the same horizon and the same resets, and count env steps per
+second of wall-clock. Ratios: engine / raw (target >= 0.9), engine / sequential (on 2 cores
+the physical limit is about 2x) and engine / gym_async.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 
 from vla_rl.core.benchmark import Benchmark, EnvConfig, EpisodeSpec, TaskSpec, get_benchmark
@@ -30,7 +36,8 @@ from vla_rl.io.provenance import provenance
 
 @dataclass
 class BenchConfig:
-    """`vla-rl bench`: env steps/s of the rollout engine vs the raw simulator vs a plain loop."""
+    """`vla-rl bench`: env steps/s of the rollout engine vs the raw simulator vs a plain loop
+    vs gymnasium's AsyncVectorEnv."""
 
     benchmark: str = "metaworld"
     """Benchmark to measure."""
@@ -41,11 +48,11 @@ class BenchConfig:
     max_steps: int = 200
     """Episode horizon for all modes, so resets cost the same everywhere."""
     chunk_size: int = 1
-    """Ta of the trivial policy in the engine and sequential modes. 1 = a closed-loop policy,
-    the worst case for the engine (one message per env step)."""
+    """Ta of the trivial policy in the engine, sequential and gym_async modes. 1 = a closed-loop
+    policy, the worst case for the engine (one message per env step)."""
     repeats: int = 3
-    """Rounds of (raw, engine, sequential), interleaved so that slow phases of a noisy VM hit
-    every mode alike; medians are reported."""
+    """Rounds of (raw, engine, sequential, gym_async), interleaved so that slow phases of a noisy
+    VM hit every mode alike; medians are reported."""
     output: str | None = None
     """Write the measurements as JSON here (with config, commit and machine)."""
     env: EnvConfig = field(default_factory=lambda: EnvConfig(video_size=0))
@@ -163,6 +170,65 @@ def measure_sequential(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -
     return {"env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall}
 
 
+@dataclass
+class _FixedEpisodeEnvFactory:
+    """Builds an env that always resets into one episode (task, init id): AsyncVectorEnv's
+    autoreset calls `reset()` without options, which our envs refuse (they need a task), and
+    its `reset(options=...)` gives every env the same options, where each slot here has its
+    own init id as in the other modes. Picklable, for the spawned workers."""
+
+    env_fn: Callable[[], gym.Env]
+    episode: EpisodeSpec
+
+    def __call__(self) -> gym.Env:
+        return _FixedEpisodeEnv(self.env_fn(), self.episode)
+
+
+class _FixedEpisodeEnv(gym.Wrapper):
+    def __init__(self, env: gym.Env, episode: EpisodeSpec):
+        super().__init__(env)
+        self.options = {"task": episode.task, "init_id": episode.init_id}
+
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed, options=self.options)
+
+
+def measure_gym_async(benchmark: Benchmark, task: TaskSpec, cfg: BenchConfig) -> dict:
+    """gymnasium.vector.AsyncVectorEnv: one chunk (B, Ta, Da) per policy call on the whole
+    batch, executed as Ta vector steps of one action each.
+
+    Autoreset is SAME_STEP: an env whose episode ends is reset inside that same step call, so
+    every call is one real env step of each of the B envs (count B per call) and no call is
+    spent on resets alone (NEXT_STEP's reset-only step would have to be left out of the count).
+    A lockstep vector env cannot drop the rest of a chunk for one env as the engine does: an env
+    that ends mid-chunk runs the remaining actions in its next episode, real env steps too."""
+    from vla_rl.policies.trivial import ZeroPolicy
+
+    policy = ZeroPolicy.for_benchmark(benchmark, chunk_size=cfg.chunk_size)
+    b = cfg.env.num_envs
+    env_fn = benchmark.env_factory(cfg.env)
+    fns = [_FixedEpisodeEnvFactory(env_fn, ep) for ep in _episodes(task, b)]
+    envs = gym.vector.AsyncVectorEnv(
+        fns, context="spawn", autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+    )  # spawn, as the other modes' processes: no forked simulator or torch state
+    try:
+        obs, _ = envs.reset()  # builds every env and pays the first reset outside the timing
+        steps = 0
+        start = time.perf_counter()
+        while steps < cfg.steps:
+            batch = dict(obs, instruction=[task.instruction] * b, task=[task.name] * b)
+            chunk = policy.sample_actions(batch).actions.numpy()  # (B, Ta, Da)
+            for a in range(chunk.shape[1]):
+                obs, _, _, _, _ = envs.step(chunk[:, a])
+                steps += b
+                if steps >= cfg.steps:  # cfg.steps rounded up to B, as the other modes
+                    break
+        wall = time.perf_counter() - start
+    finally:
+        envs.close()
+    return {"env_steps": steps, "wall_s": wall, "env_steps_per_s": steps / wall, "processes": b}
+
+
 def run_rollout_bench(cfg: BenchConfig) -> int:
     import os
 
@@ -179,7 +245,8 @@ def run_rollout_bench(cfg: BenchConfig) -> int:
         f"({simulator_processes(cfg.env)} simulator processes), G={cfg.env.pipeline_groups}, "
         f"Ta={cfg.chunk_size}, images={cfg.env.images}, {os.cpu_count()} cores"
     )
-    modes = (("raw", measure_raw), ("engine", measure_engine), ("sequential", measure_sequential))
+    modes = (("raw", measure_raw), ("engine", measure_engine), ("sequential", measure_sequential),
+             ("gym_async", measure_gym_async))  # fmt: skip
     runs: dict[str, list[dict]] = {mode: [] for mode, _ in modes}
     for round_ in range(cfg.repeats):
         for mode, fn in modes:
@@ -198,12 +265,15 @@ def run_rollout_bench(cfg: BenchConfig) -> int:
     engine = results["engine_steps_per_s"]
     results["engine_over_raw"] = engine / results["raw_steps_per_s"]
     results["engine_over_sequential"] = engine / results["sequential_steps_per_s"]
+    results["engine_over_gym_async"] = engine / results["gym_async_steps_per_s"]
     print(
         f"  medians: raw {results['raw_steps_per_s']:.1f}, engine {engine:.1f}, "
-        f"sequential {results['sequential_steps_per_s']:.1f} env steps/s"
+        f"sequential {results['sequential_steps_per_s']:.1f}, "
+        f"gym_async {results['gym_async_steps_per_s']:.1f} env steps/s"
     )
     print(f"  engine / raw        = {results['engine_over_raw']:.2f}")
     print(f"  engine / sequential = {results['engine_over_sequential']:.2f}")
+    print(f"  engine / gym_async  = {results['engine_over_gym_async']:.2f}")
     if cfg.output:
         out = {"config": to_dict(cfg), "task": name, "results": results, "provenance": provenance()}
         atomic_write_json(Path(cfg.output), out)

@@ -240,6 +240,16 @@ REWARDS.register(
     "vla_rl.rewards.srpo_progress:SRPOProgressReward.build",
     "SRPO: successes 1, failures by their embedded video's distance to the batch's successes",
 )
+REWARDS.register(
+    "critic",
+    "vla_rl.rewards.critic_reward:CriticReward.build",
+    "success plus a frozen progress critic's potential-based shaping (--<method>.critic DIR)",
+)
+REWARDS.register(
+    "dense_oracle",
+    "vla_rl.rewards.critic_reward:DenseOracleReward.build",
+    "success plus the simulator's dense reward as the shaping potential (privileged reference)",
+)
 
 # Backends: how a benchmark's per-slot gym envs are hosted (--env.backend). Each entry is a
 # factory `(env_fn, EnvConfig) -> SlotEnv`.

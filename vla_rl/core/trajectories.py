@@ -55,6 +55,8 @@ class Trajectories:
     final_obs:  observation after each episode's last chunk, state (B, Ds) (+ image).
     frames:     per episode, its video frames (n_b, H, W, 3) uint8 when the rollout recorded
                 them (reward models that embed videos: SRPO's progress), else None.
+    chunk_steps: (T, B) int, env steps each decision step executed (Ta, fewer where an
+                episode ended inside its chunk; 0 on padding), or None when not known.
     """
 
     obs: Observation
@@ -71,6 +73,7 @@ class Trajectories:
     tasks: list[str] = field(default_factory=list)
     init_ids: list[int] = field(default_factory=list)
     frames: list[np.ndarray] | None = None
+    chunk_steps: torch.Tensor | None = None
 
     @property
     def num_steps(self) -> int:  # T
@@ -150,9 +153,11 @@ class Trajectories:
         valid = torch.zeros(shape, dtype=torch.bool)
         terminated = torch.zeros(shape, dtype=torch.bool)
         truncated = torch.zeros(shape, dtype=torch.bool)
+        chunk_steps = torch.zeros(shape, dtype=torch.long)
         for b, r in enumerate(records):
             n = r.decision_steps
             rewards[:n, b] = torch.tensor(r.rewards)
+            chunk_steps[:n, b] = torch.tensor(r.chunk_steps)
             valid[:n, b] = True
             terminated[n - 1, b] = r.terminated
             truncated[n - 1, b] = r.truncated
@@ -181,4 +186,5 @@ class Trajectories:
             else None,
             tasks=[r.spec.task.name for r in records],
             init_ids=[r.spec.init_id for r in records],
+            chunk_steps=chunk_steps,
         )

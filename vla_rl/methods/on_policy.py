@@ -36,7 +36,9 @@ from vla_rl.core.config import ConfigError, to_dict
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.reward import RewardContext, build_rewards, check_reward_names
 from vla_rl.core.trajectories import EpisodeRecord, Trajectories
+from vla_rl.rewards.critic_reward import CriticRewardConfig, check_critic_reward
 from vla_rl.rewards.srpo_progress import ProgressRewardConfig
+from vla_rl.rl.distributed import all_sum, average_gradients, gather_shards, shard, world
 from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
 from vla_rl.rollout.engine import RolloutEngine
 from vla_rl.runs.checkpoint import save_checkpoint
@@ -102,14 +104,20 @@ class PolicyGradientConfig:
     """RL steps between checkpoints (a checkpoint is small: weights, optimizer, RNG)."""
     reward: tuple[str, ...] = ("success",)
     """Reward models (the REWARDS registry, `vla-rl benchmarks` lists them): success (sparse
-    0/1 at the step that succeeded) or srpo_progress (SRPO's progress from embedded videos), or
-    several, summed with reward_weights. ppo runs GAE on the per-step sum; grpo and srpo
-    normalise each rollout's total within its group."""
+    0/1 at the step that succeeded), srpo_progress (SRPO's progress from embedded videos),
+    critic (success plus a progress critic's shaping: set `critic`), or several, summed with
+    reward_weights (critic already includes success: do not list both). ppo runs GAE on the
+    per-step sum; grpo and srpo normalise each rollout's total within its group."""
     reward_weights: tuple[float, ...] = ()
     """One weight per reward model; empty: 1 each."""
     progress: ProgressRewardConfig = field(default_factory=ProgressRewardConfig)
     """Settings of the srpo_progress reward (encoder, frames, cap, steepness, DBSCAN); unused
     unless it is selected."""
+    critic: str | None = None
+    """The progress critic of the `critic` reward: a directory from `vla-rl fit-critic`, or a
+    VLAC checkpoint; frozen for the whole run. Unused unless `critic` is in reward."""
+    shaping: CriticRewardConfig = field(default_factory=CriticRewardConfig)
+    """How the critic's answers become rewards (potential-based shaping, or VLAC's raw delta)."""
 
 
 AUTO_EPISODES = 64  # the rollouts per RL step the defaults were measured with (one task)
@@ -148,6 +156,8 @@ def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
     if pg.grad_clip <= 0 or pg.kl_coef < 0:
         raise ConfigError(f"--{flag}.grad-clip must be > 0 and --{flag}.kl-coef >= 0")
     check_reward_names(pg.reward, pg.reward_weights, flag)
+    if "critic" in pg.reward:
+        check_critic_reward(pg.critic, pg.shaping, flag)
 
 
 # ---- scoring and updating on a batch of trajectories --------------------------------------
@@ -181,8 +191,25 @@ def policy_update(
     if len(t_idx) == 0:
         return {}
     adv = advantages[t_idx, b_idx]
-    old = score(policy, traj, t_idx, b_idx, pg.minibatch_size)  # recomputed, not sampling-time
-    ref = score(reference, traj, t_idx, b_idx, pg.minibatch_size) if reference else None
+    # Data-parallel (vla_rl.rl.distributed; identities without a process group): the N ranks
+    # hold the same batch, weights and `rng`, score their shard of the old log-probs and train
+    # on their shard of every minibatch. Rule: a rank's loss is its shard's mean times
+    # N * len(shard) / len(minibatch), so the mean over ranks of the gradients is the gradient
+    # of the whole minibatch's mean loss, unequal shards included (every term below is a mean
+    # over samples that each have the same number of parts). Metrics are weighted alike.
+    rank, world_size = world()
+
+    def score_all(p: BasePolicy) -> torch.Tensor:  # (S, N) for every kept step
+        if world_size == 1 or len(t_idx) < world_size:
+            return score(p, traj, t_idx, b_idx, pg.minibatch_size)
+        mine = shard(torch.arange(len(t_idx)), rank, world_size)
+        local = score(p, traj, t_idx[mine], b_idx[mine], pg.minibatch_size)
+        return gather_shards(local, len(t_idx))
+
+    old = score_all(policy)  # recomputed, not sampling-time
+    ref = score_all(reference) if reference else None
+    names = ["policy_loss", *(["kl_to_reference"] if ref is not None else []),
+             "clip_fraction", "approx_kl", "entropy"]  # fmt: skip
     sums: dict[str, float] = {}
     count = 0
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -190,37 +217,44 @@ def policy_update(
     for _ in range(pg.epochs):
         order = torch.randperm(len(t_idx), generator=rng)
         for i in range(0, len(order), pg.minibatch_size):
-            mb = order[i : i + pg.minibatch_size]
-            t, b = t_idx[mb], b_idx[mb]
-            terms, entropy = policy.log_prob_terms(traj.gather_obs(t, b), traj.gather_samples(t, b))
-            new_lp = reduce_terms(terms, pg.reduction)  # (S, M)
-            log_ratio = new_lp - reduce_terms(old[mb], pg.reduction)
-            loss_parts, clipped = clipped_surrogate(
-                log_ratio, adv[mb, None], pg.clip_low, pg.clip_high, pg.dual_clip
-            )
-            loss = loss_parts.mean()
-            entropy_per_part = entropy / terms.shape[1]  # (S,) per token or (step, dim)
-            metrics = {"policy_loss": loss.item()}
-            if pg.entropy_coef:
-                loss = loss - pg.entropy_coef * entropy_per_part.mean()
-            if ref is not None:
-                kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean()
-                loss = loss + pg.kl_coef * kl
-                metrics["kl_to_reference"] = float(kl)
+            minibatch = order[i : i + pg.minibatch_size]
+            mb = shard(minibatch, rank, world_size)
+            share = len(mb) / len(minibatch)  # this rank's part of the minibatch mean
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            metrics = dict.fromkeys(names, 0.0)  # an empty shard adds nothing
+            if len(mb):
+                t, b = t_idx[mb], b_idx[mb]
+                obs, samples = traj.gather_obs(t, b), traj.gather_samples(t, b)
+                terms, entropy = policy.log_prob_terms(obs, samples)
+                new_lp = reduce_terms(terms, pg.reduction)  # (S, M)
+                log_ratio = new_lp - reduce_terms(old[mb], pg.reduction)
+                loss_parts, clipped = clipped_surrogate(
+                    log_ratio, adv[mb, None], pg.clip_low, pg.clip_high, pg.dual_clip
+                )
+                loss = loss_parts.mean()
+                entropy_per_part = entropy / terms.shape[1]  # (S,) per token or (step, dim)
+                metrics["policy_loss"] = loss.item()
+                if pg.entropy_coef:
+                    loss = loss - pg.entropy_coef * entropy_per_part.mean()
+                if ref is not None:
+                    kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean()
+                    loss = loss + pg.kl_coef * kl
+                    metrics["kl_to_reference"] = kl.item()
+                (loss * (share * world_size)).backward()
+                metrics.update(
+                    clip_fraction=float(clipped.float().mean()),
+                    approx_kl=float(k3_kl(log_ratio.detach()).mean()),
+                    entropy=entropy_per_part.mean().item(),
+                )
+            average_gradients(trainable)  # before clipping: the norm is the whole minibatch's
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, pg.grad_clip)
             optimizer.step()
-            metrics.update(
-                clip_fraction=float(clipped.float().mean()),
-                approx_kl=float(k3_kl(log_ratio.detach()).mean()),
-                entropy=entropy_per_part.mean().item(),
-                grad_norm=float(grad_norm),
-            )
+            metrics["grad_norm"] = float(grad_norm)  # the same on every rank
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
+                sums[k] = sums.get(k, 0.0) + share * v
             count += 1
-    out = {k: v / count for k, v in sums.items()}
+    totals = all_sum(list(sums.values()))  # the ranks' shares add up to the minibatch's value
+    out = {k: v / count for k, v in zip(sums, totals)}
     out["samples"] = float(len(t_idx))
     return out
 

@@ -28,6 +28,7 @@ from vla_rl.methods.on_policy import (
 )
 from vla_rl.rl.advantages import gae
 from vla_rl.rl.critics import StateCritic
+from vla_rl.rl.distributed import all_sum, average_gradients, shard, world
 
 
 @dataclass
@@ -118,22 +119,31 @@ class PPO(OnPolicyMethod):
         states = traj.obs["state"][t_idx, b_idx].float()
         tasks = [traj.tasks[int(b)] for b in b_idx]
         target, old = returns[t_idx, b_idx], old_values[t_idx, b_idx]
+        # Data-parallel as in policy_update (the same weighting rule: the loss is a mean over
+        # the minibatch); torch's global RNG orders the samples, the same on every rank.
+        rank, world_size = world()
         losses = []
         for _ in range(self.pg.value_epochs):
             order = torch.randperm(len(t_idx))
             for i in range(0, len(order), self.pg.minibatch_size):
-                mb = order[i : i + self.pg.minibatch_size]
-                v = self.critic(states[mb], [tasks[int(j)] for j in mb])
-                clipped = old[mb] + (v - old[mb]).clamp(-self.pg.value_clip, self.pg.value_clip)
-                loss = (
-                    0.5 * torch.maximum((v - target[mb]) ** 2, (clipped - target[mb]) ** 2).mean()
-                )
+                minibatch = order[i : i + self.pg.minibatch_size]
+                mb = shard(minibatch, rank, world_size)
+                share = len(mb) / len(minibatch)
                 self.critic_opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss_value = 0.0  # an empty shard adds nothing
+                if len(mb):
+                    v = self.critic(states[mb], [tasks[int(j)] for j in mb])
+                    clip = self.pg.value_clip
+                    clipped = old[mb] + (v - old[mb]).clamp(-clip, clip)
+                    worst = torch.maximum((v - target[mb]) ** 2, (clipped - target[mb]) ** 2)
+                    loss = 0.5 * worst.mean()
+                    (loss * (share * world_size)).backward()
+                    loss_value = loss.item()
+                average_gradients(self.critic.parameters())
                 nn.utils.clip_grad_norm_(self.critic.parameters(), self.pg.grad_clip)
                 self.critic_opt.step()
-                losses.append(loss.item())
-        return {"value_loss": float(np.mean(losses))}
+                losses.append(share * loss_value)
+        return {"value_loss": all_sum([float(np.mean(losses))])[0]}
 
     def state_dict(self) -> dict[str, Any]:
         return {"critic": self.critic.state_dict(), "critic_opt": self.critic_opt.state_dict()}

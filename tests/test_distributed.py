@@ -1,0 +1,180 @@
+"""Data-parallel learning (vla_rl.rl.distributed): the helpers by hand, and one policy update
+(plus PPO's critic update) in 2 gloo processes equals the same update in one process.
+
+The 2-process run is what `torchrun --nproc_per_node 2` does, spawned here with
+torch.multiprocessing: same initial weights, same batch, same minibatch order on both ranks;
+each trains on its shard and the gradients are averaged. The minibatch size is odd and the
+batch leaves one sample over, so the shards are unequal (8 / 7) and the last one is empty on
+rank 1: the weighting rule in policy_update must still give the one-process gradient.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from toy_benchmark import ToyBenchmark
+
+from vla_rl.core.benchmark import EnvConfig, group_episodes
+from vla_rl.core.trajectories import Trajectories
+from vla_rl.methods.on_policy import PolicyGradientConfig, policy_update
+from vla_rl.methods.ppo import PPO, PPOConfig
+from vla_rl.policies.flow_chunk import FlowChunkPolicy
+from vla_rl.rl.distributed import (
+    all_sum,
+    average_gradients,
+    broadcast_parameters,
+    gather_shards,
+    init_from_env,
+    is_main,
+    shard,
+    shard_bounds,
+    world,
+)
+from vla_rl.rollout.engine import RolloutEngine
+
+MINIBATCH = 15  # odd: the two shards of a full minibatch hold 8 and 7 samples
+VOCAB = ["<pad>", "<unk>", "move", "to", "the", "left", "right"]
+
+
+# ---- the helpers, by hand ----------------------------------------------------------------------
+def test_shard_is_contiguous_balanced_and_covers_the_minibatch():
+    items = list(range(10))
+    assert [shard(items, r, 3) for r in range(3)] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert [shard_bounds(10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    t = torch.tensor([9, 4, 7, 1, 3])  # a permuted minibatch: shards keep its order
+    assert shard(t, 0, 2).tolist() == [9, 4, 7] and shard(t, 1, 2).tolist() == [1, 3]
+    assert torch.equal(torch.cat([shard(t, r, 4) for r in range(4)]), t)
+    assert shard([5], 0, 2) == [5] and shard([5], 1, 2) == []  # fewer samples than ranks
+    assert shard(items, 0, 1) == items
+
+
+def test_helpers_are_identities_without_a_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not init_from_env() and world() == (0, 1) and is_main()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not init_from_env()
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    b = torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.tensor([3.0, 4.0])
+    average_gradients([a, b])
+    assert a.grad.tolist() == [3.0, 4.0] and b.grad is None
+    assert all_sum([1.5, 2.0]) == [1.5, 2.0]
+    x = torch.arange(6.0).view(3, 2)
+    assert gather_shards(x, 3) is x
+    broadcast_parameters(torch.nn.Linear(2, 2))  # nothing to do, nothing raised
+
+
+def test_init_from_env_names_what_torchrun_would_set(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        init_from_env()
+
+
+# ---- 2 gloo processes against 1 ----------------------------------------------------------------
+def _case() -> dict:
+    """A tiny flow policy and grouped toy rollouts with padding; the batch is trimmed so that
+    its kept steps are one more than a multiple of MINIBATCH."""
+    torch.manual_seed(0)
+    policy = FlowChunkPolicy(2, 1, VOCAB, chunk_size=2, hidden=16, num_flow_steps=2)
+    bench = ToyBenchmark(horizon=12)
+    tasks = bench.tasks("train")
+    episodes = group_episodes(tasks, 2, 4, np.random.default_rng(0))
+    venv = bench.make_env(tasks, EnvConfig(num_envs=4, num_workers=0, video_size=0))
+    try:
+        records = RolloutEngine(venv).run(policy, episodes, keep_steps=True, seed=0)
+    finally:
+        venv.close()
+    traj = Trajectories.from_episodes(records)
+    lengths = traj.valid.sum(0)
+    while int(lengths.sum()) % MINIBATCH != 1:  # drop the last step of the longest episode
+        b = int(lengths.argmax())
+        lengths[b] -= 1
+        traj.valid[lengths[b], b] = False
+    score = traj.success.float() + torch.linspace(0, 1, traj.batch_size)
+    adv = (score - score.mean())[None].expand_as(traj.rewards) * traj.valid
+    return {"policy": policy, "traj": traj, "adv": adv.clone()}
+
+
+def _update(case: dict) -> dict:
+    """One policy_update (KL to a reference, entropy bonus, 2 epochs) and one PPO critic update
+    from the case's initial weights; whatever process group is active does the rest."""
+    traj = case["traj"]
+    policy = copy.deepcopy(case["policy"])
+    reference = copy.deepcopy(case["policy"]).eval().requires_grad_(False)
+    broadcast_parameters(policy)  # equal already; a launch would rely on it after init
+    pg = PolicyGradientConfig(lr=1e-2, epochs=2, minibatch_size=MINIBATCH, reduction="token",
+                              kl_coef=0.1, entropy_coef=0.01)  # fmt: skip
+    optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr)
+    keep = torch.ones(traj.batch_size, dtype=torch.bool)
+    shuffle = torch.Generator().manual_seed(0)
+    metrics = policy_update(policy, optimizer, traj, case["adv"], keep, pg, reference, shuffle)
+    torch.manual_seed(1)  # the critic's initialisation and minibatch order
+    ppo = PPO(PPOConfig(minibatch_size=MINIBATCH, value_epochs=2), policy, ToyBenchmark(),
+              ["left", "right"])  # fmt: skip
+    ppo.advantages(traj)
+    metrics.update(ppo.extra_update(traj))
+    return {"policy": policy.state_dict(), "critic": ppo.critic.state_dict(), "metrics": metrics}
+
+
+def _collectives_by_hand(rank: int) -> None:
+    """Hand-checked semantics of the collectives, on 2 ranks."""
+    a = torch.nn.Parameter(torch.zeros(2))
+    b = torch.nn.Parameter(torch.zeros(1))
+    c = torch.nn.Parameter(torch.zeros(1))
+    a.grad = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0])
+    b.grad = torch.tensor([6.0]) if rank == 0 else None  # rank 1's shard did not use b
+    average_gradients([a, b, c])
+    assert a.grad.tolist() == [2.0, 3.0] and b.grad.tolist() == [3.0] and c.grad is None
+    assert all_sum([rank + 1.0, 10.0]) == [3.0, 20.0]
+    rows = torch.arange(10.0).view(5, 2)  # 5 rows over 2 ranks: shards of 3 and 2
+    start, end = shard_bounds(5, rank, 2)
+    assert torch.equal(gather_shards(rows[start:end], 5), rows)
+    assert world() == (rank, 2) and is_main() == (rank == 0)
+
+
+def _worker(rank: int, world_size: int, port: int, path: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))  # fmt: skip
+    assert init_from_env(timeout_s=60)
+    try:
+        _collectives_by_hand(rank)
+        torch.save(_update(torch.load(path, weights_only=False)), f"{path}.rank{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    case = _case()
+    path = str(tmp_path / "case.pt")
+    torch.save(case, path)
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    ranks = [torch.load(f"{path}.rank{r}", weights_only=False) for r in range(2)]
+    single = _update(case)
+
+    for part in ("policy", "critic"):
+        for name, value in single[part].items():
+            # the ranks took the same steps from the same averaged gradients: bit for bit
+            assert torch.equal(ranks[0][part][name], ranks[1][part][name]), name
+            assert torch.allclose(ranks[0][part][name], value, atol=1e-5, rtol=1e-5), name
+        moved = [not torch.equal(v, case["policy"].state_dict()[k])
+                 for k, v in single["policy"].items()]  # fmt: skip
+        assert any(moved)
+    assert single["metrics"].keys() == ranks[0]["metrics"].keys()
+    for name, value in single["metrics"].items():
+        assert ranks[0]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    assert single["metrics"]["kl_to_reference"] > 0 and single["metrics"]["value_loss"] > 0
