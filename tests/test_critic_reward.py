@@ -192,3 +192,16 @@ def test_dense_oracle_uses_the_env_reward_per_env_step_as_its_potential():
         expected = 1.0 if traj.success[b] else float(per_step.clamp(0, 1))
         assert totals[b].item() == pytest.approx(expected, abs=1e-5)
     assert int(traj.chunk_steps[~traj.valid].abs().sum()) == 0
+
+
+def test_the_reward_builds_from_a_vlac_checkpoint_and_scores_a_rollout(tmp_path):
+    from vla_rl.rewards.vlac import VLACCritic
+    from vla_rl.rewards.vlac_tiny import write_tiny_vlac
+
+    write_tiny_vlac(tmp_path / "vlac")
+    reward = CriticReward.build(GRPOConfig(reward=("critic",), critic=str(tmp_path / "vlac")))
+    assert isinstance(reward.critic, VLACCritic)
+    traj = toy_rollouts(horizon=2)  # VLAC reads every frame at 448 px: keep it short
+    rewards = reward(traj)  # a random tiny VLAC: any value, but finite, masked and in range
+    assert rewards.shape == traj.valid.shape and torch.isfinite(rewards).all()
+    assert torch.all(rewards[~traj.valid] == 0) and rewards.abs().max() <= 1 + 0.5 * 1.0
