@@ -38,7 +38,18 @@ from vla_rl.core.reward import RewardContext, build_rewards, check_reward_names
 from vla_rl.core.trajectories import EpisodeRecord, Trajectories
 from vla_rl.rewards.critic_reward import CriticRewardConfig, check_critic_reward
 from vla_rl.rewards.srpo_progress import ProgressRewardConfig
-from vla_rl.rl.distributed import all_sum, average_gradients, gather_shards, shard, world
+from vla_rl.rl.distributed import (
+    all_equal,
+    all_sum,
+    average_gradients,
+    barrier,
+    broadcast_object,
+    broadcast_parameters,
+    gather_shards,
+    init_from_env,
+    shard,
+    world,
+)
 from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
 from vla_rl.rollout.engine import RolloutEngine
 from vla_rl.runs.checkpoint import save_checkpoint
@@ -311,9 +322,26 @@ class OnPolicyMethod:
 def train_on_policy(
     cfg: RunConfig, pg: PolicyGradientConfig, method_cls: type[OnPolicyMethod]
 ) -> dict[str, Any]:
-    """The on-policy loop: RL steps until cfg.env_steps, eval points, checkpoints, results."""
+    """The on-policy loop: RL steps until cfg.env_steps, eval points, checkpoints, results.
+
+    Under `torchrun --nproc_per_node N` (vla_rl.rl.distributed) the N ranks run the same loop
+    on the same data: every rank runs the same seeded rollouts (the engine is deterministic
+    given the seed and the episodes' noise keys, so the ranks get identical trajectories,
+    checked by a checksum every step) and each rank trains on its shard of every minibatch
+    (`policy_update`, PPO's critic). Data parallelism thus speeds up the update only, which is
+    where a large model spends its time on a GPU; spreading rollouts over machines is the Ray
+    backend's job. Rank 0 alone writes (run directory, metrics, checkpoints, results) and
+    evaluates; every rank returns rank 0's results. One process (no process group): as ever.
+    """
     from vla_rl.rl.lora import add_lora, merge_lora
 
+    # Before anything is written. The others wait in their next collective while rank 0
+    # evaluates alone (the final evaluation of the result and the base on the whole eval split:
+    # hours for a 7B VLA on LIBERO), so the timeout must outlast it; a rank that dies still ends
+    # the job at once (torchrun stops the others).
+    init_from_env(timeout_s=24 * 3600)
+    rank, world_size = world()
+    main = rank == 0
     name = method_cls.name
     check_pg_config(pg, name)
     method_cls.check_config(pg)  # the method's own rules, also before setup_run
@@ -353,9 +381,15 @@ def train_on_policy(
         state = saved
         rng.bit_generator.state = state.pop("numpy_rng")
         shuffle.set_state(learner["shuffle_rng"])  # the minibatch order continues exactly
+    if world_size > 1:  # rank 0's weights everywhere, whatever a rank's initialisation drew
+        broadcast_parameters(policy)  # (the reference is the base as read from disk)
+        method.load_state_dict(broadcast_object(method.state_dict()))  # PPO's critic
 
-    setup.claim()  # every check has passed: from here on the run writes
-    logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
+    barrier()  # every rank has read the checkpoint and checked the directory: rank 0 may write
+    logger = None
+    if main:  # one writer: the others would race for the directory and duplicate every line
+        setup.claim()  # every check has passed: from here on the run writes
+        logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
     rollout_env = dataclasses.replace(
         cfg.env, num_envs=pg.rollout_envs, num_workers=pg.rollout_workers,
         video_size=method.rollout_frame_size,
@@ -363,9 +397,13 @@ def train_on_policy(
     venv = policy.wrap_env(benchmark.make_env(train_tasks, rollout_env))
     engine = RolloutEngine(venv, rollout_env.pipeline_groups)
 
-    if not state["curve"]:  # before any update: the base's own success
+    # Eval points: rank 0 alone (they log, and their curve goes into checkpoints and results;
+    # the other ranks' curve stays empty). Evaluation leaves torch's global RNG as it found it
+    # (the engine restores it), so the ranks that skip it stay in step.
+    if main and not state["curve"]:  # before any update: the base's own success
         record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
-    bar = training_bar(cfg, state, f"{name} {','.join(names)}", smoothing=0.3,
+    bar_cfg = cfg if main else dataclasses.replace(cfg, progress=False)  # one bar, rank 0's
+    bar = training_bar(bar_cfg, state, f"{name} {','.join(names)}", smoothing=0.3,
                        checkpoints=f"every {pg.save_every} RL step(s)")  # fmt: skip
     evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     try:
@@ -383,6 +421,18 @@ def train_on_policy(
             t1 = time.perf_counter()
             # -- rewards and advantages ---------------------------------------------------
             advantages, keep, metrics = method.advantages(traj)
+            steps = sum(r.env_steps for r in records)
+            # A rank whose batch differs would make the averaged gradient silently wrong (and
+            # a different step count would desynchronise the loops): compare cheap checksums.
+            checksum = [float(traj.actions.sum()), float(traj.rewards.sum()),
+                        float(advantages.sum()), float(keep.sum()), float(steps)]  # fmt: skip
+            if not all_equal(checksum):
+                raise RuntimeError(
+                    f"rank {rank} of {world_size}: this step's rollouts differ between the ranks "
+                    f"(rank {rank}'s checksum: actions, rewards, advantages, kept, env steps = "
+                    f"{checksum}); data-parallel training needs the same batch on every rank: "
+                    "the same config and seed, and deterministic envs"
+                )
             t2 = time.perf_counter()
             # -- update --------------------------------------------------------------------
             metrics.update(method.extra_update(traj))
@@ -392,7 +442,6 @@ def train_on_policy(
                 )
             t3 = time.perf_counter()
 
-            steps = sum(r.env_steps for r in records)
             state["env_steps"] += steps
             state["rl_steps"] += 1
             state["episodes"] += len(records)
@@ -402,16 +451,17 @@ def train_on_policy(
             metrics["episodes_rerun"] = float(engine.last_stats.episodes_rerun)  # lost workers
             metrics.update(success_rate=float(traj.success.float().mean()),
                            episodes=float(len(records)), **timing)  # fmt: skip
-            logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
             bar.update(steps)
-            bar.set_postfix(step=state["rl_steps"], train=f"{metrics['success_rate']:.2f}",
-                            eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
+            if main:  # the one writer; the postfix reads the curve, which only rank 0 has
+                logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
+                bar.set_postfix(step=state["rl_steps"], train=f"{metrics['success_rate']:.2f}",
+                                eval=f"{state['curve'][-1]['success_rate']:.2f}")  # fmt: skip
 
-            # -- evaluate and checkpoint ---------------------------------------------------
+            # -- evaluate and checkpoint (rank 0: the eval points, the one writer) ---------
             done = state["env_steps"] >= cfg.env_steps
-            if evals.due(state["env_steps"], done):
+            if evals.due(state["env_steps"], done) and main:
                 record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
-            if state["rl_steps"] % pg.save_every == 0 or done:
+            if main and (state["rl_steps"] % pg.save_every == 0 or done):
                 # Training weights (LoRA adapters included), optimizer, the method's own parts
                 # (PPO's critic) and torch's RNG; counters, curve and numpy's RNG in state.json.
                 learner = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
@@ -424,7 +474,8 @@ def train_on_policy(
     finally:
         bar.close()
         venv.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
 
     if trainable is not None:
         merge_lora(policy)  # the result is a plain checkpoint of the base's family
@@ -441,4 +492,9 @@ def train_on_policy(
         "mean_step_timing_s": timing,
         "lora_trainable_params": trainable,
     }
-    return finish_run(policy, setup, cfg, state, f"{name} on {cfg.base}: {', '.join(names)}", extra)
+    results = None
+    if main:  # the result's files and the final evaluation: written once, by rank 0
+        title = f"{name} on {cfg.base}: {', '.join(names)}"
+        results = finish_run(policy, setup, cfg, state, title, extra)
+    # rank 0's results on every rank (the caller prints them), once its files are written
+    return broadcast_object(results)

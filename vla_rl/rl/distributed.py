@@ -7,7 +7,9 @@ optimizer step, so the weights stay identical without being sent again. Everythi
 identity when no process group is initialised (one process, the tests, `vla-rl` without
 torchrun), so callers never branch on it.
 
-Backend: NCCL when CUDA is available (gradients live on the GPU), else gloo (CPU).
+Backend: NCCL when CUDA is available (gradients live on the GPU), else gloo (CPU). A model
+that stays on the CPU beside NCCL (the bundled native policies) has its tensors copied to the
+GPU and back for each collective.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 S = TypeVar("S", bound=Sequence)
+T = TypeVar("T")
 
 
 def _active() -> bool:
@@ -103,8 +106,9 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     for (device, dtype), group in buckets.items():
         grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group]
         present = torch.tensor([p.grad is not None for p in group], dtype=dtype, device=device)
-        flat = torch.cat([*grads, present])
+        flat = torch.cat([*grads, present]).to(_collective_device())
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.to(device)
         sizes = [p.numel() for p in group]
         *summed, flags = flat.split([*sizes, len(group)])
         for p, g, flag in zip(group, summed, flags):
@@ -118,7 +122,10 @@ def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
         return
     with torch.no_grad():
         for tensor in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(tensor.data, src)
+            sent = tensor.data.to(_collective_device())  # the tensor itself where it can be
+            dist.broadcast(sent, src)
+            if sent is not tensor.data:
+                tensor.data.copy_(sent)
 
 
 def _collective_device() -> torch.device:
@@ -135,6 +142,34 @@ def all_sum(values: list[float]) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_equal(values: list[float]) -> bool:
+    """Whether every rank passed the same values (exactly: a MAX reduction of the values and of
+    their negatives gives each one's largest and smallest over the ranks). True alone."""
+    if not _active() or not values:
+        return True
+    t = torch.tensor([*values, *(-v for v in values)], dtype=torch.float64,
+                     device=_collective_device())  # fmt: skip
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    largest, smallest = t[: len(values)], -t[len(values) :]
+    return bool(torch.equal(largest, smallest))
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """`src`'s `obj` (any picklable object) on every rank; `obj` itself alone. For small things
+    (a results dict, a small module's state dict); weights go through `broadcast_parameters`."""
+    if not _active():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (nothing to wait for alone)."""
+    if _active():
+        dist.barrier()
 
 
 def gather_shards(local: torch.Tensor, total: int) -> torch.Tensor:
