@@ -91,6 +91,10 @@ def main(args: list[str]) -> int:
               f"{Path(summary['directory']) / 'sweep_curve.png'}")  # fmt: skip
         return 0
     res = finetune(cfg)
+    from vla_rl.rl.distributed import is_main
+
+    if not is_main():  # under torchrun every rank returns rank 0's results: print them once
+        return 0
     base = res["base"]
     print()
     print(f"{cfg.method} on base {cfg.base}, {cfg.benchmark} eval split")
