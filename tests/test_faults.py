@@ -122,6 +122,19 @@ def test_resume_with_other_training_settings_is_one_line(tmp_path, capsys):
                  "--resume"]) == 0  # fmt: skip
 
 
+def test_resume_compares_only_the_settings_the_checkpoint_names(tmp_path):
+    """A setting added to the toolkit after a checkpoint was written (absent from its stored
+    identity) does not block its resume; a stored one that changed does."""
+    from vla_rl.core.config import ConfigError
+    from vla_rl.runs.run import check_same_training
+
+    saved = {"grpo.lr": 1e-3, "seed": 0}
+    check_same_training(saved, {"grpo.lr": 1e-3, "seed": 0, "grpo.shaping.mode": "potential"},
+                        tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match="--seed 0 -> None"):
+        check_same_training(saved, {"grpo.lr": 1e-3}, tmp_path)
+
+
 def summarize(records):
     return [(r.spec.task.name, r.spec.init_id, r.success, r.env_steps, r.rewards) for r in records]
 

@@ -225,7 +225,8 @@ def setup_run(cfg: RunConfig) -> RunSetup:
 # local pool give the same results for any of them, tests/test_rollout.py).
 RESUMABLE = {"env_steps", "output_dir", "resume", "overwrite", "progress", "logger", "eval_every",
              "eval_episodes", "final_eval_episodes", "videos", "save_every", "num_workers",
-             "main_envs", "pipeline_groups", "rollout_workers"}  # fmt: skip
+             "main_envs", "pipeline_groups", "rollout_workers", "backend", "ray_address",
+             "ray_max_restarts", "ray_worker_cpus"}  # fmt: skip
 
 
 def training_identity(cfg: RunConfig) -> dict[str, Any]:
@@ -253,7 +254,10 @@ def check_same_training(saved: dict[str, Any] | None, now: dict[str, Any], where
     """One line naming what a resumed run would change about the training in the checkpoint."""
     if saved is None:
         return  # written before checkpoints carried their settings
-    differ = sorted(set(saved) | set(now), key=str)
+    # A setting the checkpoint does not name was added to the toolkit after it was written: its
+    # default is the behaviour the run trained with (new settings default to the old behaviour),
+    # so only what the checkpoint names is compared.
+    differ = sorted(saved, key=str)
     differ = [k for k in differ if saved.get(k) != now.get(k)]
     if differ:
         shown = "; ".join(f"--{k.replace('_', '-')} {saved.get(k)!r} -> {now.get(k)!r}"

@@ -21,3 +21,10 @@ for method in grpo ppo; do
     --eval-every 20000 --eval-episodes 20 --videos 0 --seeds 0 1 2 --no-progress \
     --output-dir "$OUT/pg_bpt_$method"
 done
+# 5. srpo's headline run (EfficientNet-Lite0 progress reward) with three seeds, each paired with its base.
+vla-rl finetune --method srpo --tasks button-press-topdown-v3 --env-steps 160000 \
+  --eval-every 20000 --eval-episodes 20 --videos 0 --seeds 0 1 2 --no-progress \
+  --output-dir "$OUT/pg_bpt_srpo"
+for s in 0 1 2; do
+  vla-rl compare "$OUT/pg_bpt_srpo/seed-$s/results.json" --output "$OUT/srpo_seed${s}_vs_base.json"
+done
