@@ -214,3 +214,42 @@ def test_a_core_module_importing_an_adapter_is_found(fake_repo):
     )
     roots = {"vla_rl": "vla_rl", "policies": "vla_rl.policies"}
     assert core_violations(fake_repo, roots) == ["vla_rl.core.bad imports vla_rl.policies.flow"]
+
+
+# ---- optional extras stay optional -------------------------------------------------------------
+def importers_of(package: str, repo: Path = REPO, roots: dict[str, str] = ROOTS) -> dict:
+    """Modules that import the third-party `package` -> whether one of those imports is at module
+    level (see `_module_level`)."""
+    out = {}
+    for name, path in module_files(repo, roots).items():
+        tree = ast.parse(path.read_text(), str(path))
+        top = {id(node) for node in _module_level(tree.body)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            else:
+                continue
+            if any(t == package or t.startswith(f"{package}.") for t in targets):
+                out[name] = out.get(name, False) or id(node) in top
+    return out
+
+
+def test_ray_is_imported_by_the_ray_backend_only_and_lazily():
+    """The [ray] extra is optional: one module imports it, inside functions only."""
+    assert importers_of("ray") == {"vla_rl.rollout.ray_backend": False}
+
+
+def test_the_package_and_the_cli_load_no_ray():
+    """Also what the package's imports import: `import vla_rl`, the CLI and the local backend
+    never load Ray, installed or not."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vla_rl, vla_rl.cli, vla_rl.rollout.local, vla_rl.rollout.engine\n"
+            "from vla_rl.core.registry import BACKENDS\n"
+            "BACKENDS.get('local')\n"
+            "print('ray' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "tiny-checkpoint": "write a tiny random-weight real-format VLA checkpoint (openvla, pi0, ...)",
     "render-dataset": "render camera frames for a LIBERO dataset from its recorded sim states",
     "fit-critic": "train a small pairwise progress critic on LeRobot datasets with images",
+    "world-model": "train (train) or measure (eval) an action-conditioned video world model",
     "critic-quality": "a progress critic's VOC, success AUC and probes on held-out episodes",
     "compare": "paired comparison of results on the same episodes (difference, CI, McNemar)",
 }

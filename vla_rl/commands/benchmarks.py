@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vla_rl.core.config import parse_cli
+from vla_rl.core.config import ConfigError, parse_cli
 
 
 @dataclass
@@ -31,7 +31,11 @@ def main(args: list[str]) -> int:
             continue
         for set_name, members in bench.task_sets().items():
             print(f"    set {set_name}: {len(members)} tasks")
-        tasks = bench.tasks("eval")
+        try:
+            tasks = bench.tasks("eval")
+        except ConfigError as err:  # a benchmark built from a directory (a world model)
+            print(f"    {err}")
+            continue
         n_train = len(bench.tasks("train", [tasks[0].name])[0].init_ids)
         print(f"    {len(tasks)} tasks; per task {n_train} train / {len(tasks[0].init_ids)} eval "
               f"initial states; horizon {tasks[0].max_steps} env steps")  # fmt: skip

@@ -61,10 +61,33 @@ class EnvConfig:
     "object-state (privileged, non-standard)" and are not comparable with the standard image
     protocol's.
     A policy trained on it turns it on by itself (`apply_policy_observation`)."""
+    world_model: str | None = None
+    """--benchmark worldmodel only: the world model to run, a directory written by `vla-rl
+    world-model train` (its run directory or the model/ inside). Its tasks, train / eval starts
+    and reflector come from there (world_models/env.py)."""
+    world_model_reward: str = "sparse"
+    """--benchmark worldmodel only: the env reward the reflector gives per env step: sparse
+    (1 at its success), relative (the change of its success probability, RLinf's
+    use_rel_reward) or progress (its progress estimate, a potential). Termination is its
+    success in every mode, so the methods' default `success` reward is unaffected."""
     backend: str = "local"
     """Where the per-slot envs run (the BACKENDS registry): local = worker processes on this
-    machine (vla_rl/rollout/local.py). A benchmark that steps all its slots itself (a batched
-    world model) ignores it."""
+    machine (vla_rl/rollout/local.py); ray = Ray actors, on this machine or a Ray cluster
+    (vla_rl/rollout/ray_backend.py, the [ray] extra). A benchmark that steps all its slots itself
+    (a batched world model) ignores it."""
+    ray_address: str | None = None
+    """backend ray: the Ray cluster whose nodes host the env workers: "auto" joins the cluster
+    `ray start` started on this machine, HOST:PORT the one whose head listens there. None starts
+    a Ray of this process's own on this machine (with the machine's CPUs, and at least what the
+    workers ask for). Unused when Ray is already initialised in this process."""
+    ray_max_restarts: int = 3
+    """backend ray: times one env worker may be lost (it died, hung past step_timeout_s, or its
+    env raised) and restarted by Ray with fresh envs before the run ends with WorkerError. 3 =
+    the local backend's limit per worker process (ChunkedVectorEnv.max_restarts)."""
+    ray_worker_cpus: float = 1.0
+    """backend ray: CPUs Ray reserves for each env worker actor. 1 = one simulator per core, as
+    the local backend's processes; a fraction packs several workers onto a core (tests on a
+    2-core machine, envs that mostly wait on a GPU renderer)."""
 
 
 def check_env_config(cfg: EnvConfig, flag: str = "env") -> None:
@@ -87,6 +110,10 @@ def check_env_config(cfg: EnvConfig, flag: str = "env") -> None:
         raise ConfigError(f"{at}max-steps must be >= 1 (or None), got {cfg.max_steps}")
     if cfg.step_timeout_s <= 0:
         raise ConfigError(f"{at}step-timeout-s must be > 0, got {cfg.step_timeout_s}")
+    if cfg.ray_max_restarts < 0:
+        raise ConfigError(f"{at}ray-max-restarts must be >= 0, got {cfg.ray_max_restarts}")
+    if cfg.ray_worker_cpus <= 0:
+        raise ConfigError(f"{at}ray-worker-cpus must be > 0, got {cfg.ray_worker_cpus}")
 
 
 register_check(EnvConfig, check_env_config)

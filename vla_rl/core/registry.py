@@ -202,6 +202,15 @@ for _suite, (_kind, _base) in LIBERO_PRO_SUITES.items():
         f"LIBERO-PRO {_kind} perturbation of {_base} (needs the [libero] extra)",
     )
 
+# World models (world_models/): a trained model as a benchmark; it needs its directory,
+# --env.world-model DIR (get_benchmark passes the EnvConfig to use_env_config, which loads it).
+BENCHMARKS.register(
+    "worldmodel",
+    "vla_rl.world_models.env:WorldModelBenchmark",
+    "a learned video world model (`vla-rl world-model train`): the dataset's tasks, real "
+    "starts, reflector reward and termination; needs --env.world-model DIR",
+)
+
 # Methods: one file (or folder) each in vla_rl/methods/, exposing
 # `train(run_cfg: RunConfig, method_cfg) -> results`; `vla-rl finetune` holds one settings field
 # per method, named as the method.
@@ -257,4 +266,9 @@ BACKENDS.register(
     "local",
     "vla_rl.rollout.local:make_local_env",
     "worker processes on this machine (B slots over --env.num-workers processes)",
+)
+BACKENDS.register(
+    "ray",
+    "vla_rl.rollout.ray_backend:make_ray_env",
+    "Ray actors on this machine or a cluster (--env.ray-address; pip install -e '.[ray]')",
 )

@@ -129,6 +129,54 @@ LOST = object()  # the reply of a worker lost while the request was in flight
 MAIN = -1  # owner id of the slots stepped by the main process itself
 
 
+# ---- slot layout, shared with the Ray backend (vla_rl/rollout/ray_backend.py) -------------------
+def slot_layout(
+    num_envs: int, num_workers: int, main_envs: int
+) -> tuple[list[int], list[tuple[int, int]]]:
+    """Slots per worker, and each slot's (owner, index among its owner's slots): worker slots in
+    contiguous blocks first, then the main-process slots (owner MAIN). Fewer workers than asked
+    when there are fewer worker slots than workers; none at all puts every slot in the main
+    process."""
+    num_workers = min(num_workers, num_envs - main_envs)
+    if num_workers == 0:
+        main_envs = num_envs
+    remote = num_envs - main_envs
+    counts = np.bincount(
+        np.arange(remote) * max(num_workers, 1) // max(remote, 1), minlength=num_workers
+    )[:num_workers]
+    owner = [(w, i) for w, c in enumerate(counts) for i in range(int(c))]
+    owner += [(MAIN, i) for i in range(main_envs)]
+    return [int(c) for c in counts], owner
+
+
+def group_by_owner(
+    owner: Sequence[tuple[int, int]], slots: Sequence[int], items: Sequence[Any]
+) -> dict[int, list[tuple]]:
+    """Per-slot items as one payload per owner: owner -> [(index in owner, *item), ...]."""
+    per_owner: dict[int, list[tuple]] = {}
+    for slot, item in zip(slots, items):
+        w, local = owner[slot]
+        per_owner.setdefault(w, []).append((local, *item))
+    return per_owner
+
+
+def in_slot_order(
+    owner: Sequence[tuple[int, int]], slots: Sequence[int], replies: dict[int, Any]
+) -> list[Any]:
+    """The owners' replies to a `group_by_owner` request, back in the order of `slots`; LOST
+    for every slot of an owner whose reply is LOST."""
+    cursor = dict.fromkeys(replies, 0)
+    out = []
+    for slot in slots:
+        w = owner[slot][0]
+        if replies[w] is LOST:
+            out.append(LOST)
+            continue
+        out.append(replies[w][cursor[w]])
+        cursor[w] += 1
+    return out
+
+
 class ChunkedVectorEnv(gym.vector.VectorEnv):
     """B = `num_envs` chunk-executing env slots: `main_envs` of them stepped by the calling
     process, the rest split over `num_workers` worker processes (num_workers = 0: all in the
@@ -159,9 +207,9 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         if not 0 <= main_envs <= num_envs:
             raise ValueError(f"main_envs must be in 0..num_envs ({num_envs}), got {main_envs}")
         self.num_envs = num_envs
-        self.num_workers = min(num_workers, num_envs - main_envs)
-        if self.num_workers == 0:
-            main_envs = num_envs
+        self._counts, self._owner = slot_layout(num_envs, num_workers, main_envs)
+        self.num_workers = len(self._counts)
+        main_envs = num_envs - sum(self._counts)
         self.episodes: list[EpisodeSpec | None] = [None] * num_envs
         self._obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
         self._closed = False
@@ -169,15 +217,6 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         self._main_results: dict[int, Any] = {}
         self._conns, self._procs = [], []
         self._env_fn, self.step_timeout_s, self.max_restarts = env_fn, step_timeout_s, max_restarts
-        # Slot layout: worker slots in contiguous blocks first, then the main-process slots.
-        remote = num_envs - main_envs
-        counts = np.bincount(
-            np.arange(remote) * max(self.num_workers, 1) // max(remote, 1),
-            minlength=self.num_workers,
-        )[: self.num_workers]
-        self._owner = [(w, i) for w, c in enumerate(counts) for i in range(int(c))]
-        self._owner += [(MAIN, i) for i in range(main_envs)]
-        self._counts = [int(c) for c in counts]
         self._conns = [None] * self.num_workers
         self._procs = [None] * self.num_workers
         self._stash: list[dict] = [{} for _ in self._conns]
@@ -292,27 +331,14 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 
     def _scatter_send(self, command: str, slots: Sequence[int], items: Sequence[Any]) -> Ticket:
         """Send per-slot items to their owners, one message per worker."""
-        per_owner: dict[int, list[tuple[int, Any]]] = {}
-        for slot, item in zip(slots, items):
-            w, local = self._owner[slot]
-            per_owner.setdefault(w, []).append((local, *item))
+        per_owner = group_by_owner(self._owner, slots, items)
         ticket = self._send({w: (command, p) for w, p in per_owner.items()})
         ticket.slots = list(slots)
         return ticket
 
     def _gather(self, ticket: Ticket) -> list[Any]:
         """Results of a scattered request, in the order of its slots."""
-        replies = self._wait(ticket)
-        cursor = dict.fromkeys(replies, 0)
-        out = []
-        for slot in ticket.slots:
-            w = self._owner[slot][0]
-            if replies[w] is LOST:
-                out.append(LOST)
-                continue
-            out.append(replies[w][cursor[w]])
-            cursor[w] += 1
-        return out
+        return in_slot_order(self._owner, ticket.slots, self._wait(ticket))
 
     # ---- slot-level API used by the rollout engine --------------------------------------------
     def reset_slots(
