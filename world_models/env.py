@@ -322,26 +322,7 @@ class WorldModelEnv(BatchedSlotEnv):
                 if shots is not None and self._record[slot] is True:
                     frames[i] += [shots[j]] * mj  # one video frame per env step, as ChunkedEnv
             pos += min(k, ta - pos)
-        chunk_end = [i for i, s in enumerate(slots) if self._record[s] == "chunk"]
-        shots = self.render_batch([slots[i] for i in chunk_end]) if chunk_end else None
-        if shots is not None:
-            for j, i in enumerate(chunk_end):
-                frames[i].append(shots[j])
-        out = []
-        for i, slot in enumerate(slots):
-            self._done[slot] = terminated[i] or truncated[i]
-            out.append(
-                SlotStep(
-                    obs=self._obs[slot],
-                    rewards=rewards[i, : steps[i]],
-                    steps=int(steps[i]),
-                    terminated=bool(terminated[i]),
-                    truncated=bool(truncated[i]),
-                    success=bool(terminated[i]),
-                    frames=frames[i] or None,
-                )
-            )
-        return out
+        return self.finish_chunks(slots, rewards, steps, terminated, truncated, frames)
 
     def render_batch(self, slots: Sequence[int]) -> np.ndarray | None:
         if not self.cfg.video_size:

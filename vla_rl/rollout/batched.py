@@ -97,6 +97,21 @@ class BatchedSlotEnv(ABC):
             if shots is not None:
                 for j, i in enumerate(want):
                     frames[i].append(shots[j])
+        return self.finish_chunks(slots, rewards, steps, terminated, truncated, frames)
+
+    def finish_chunks(
+        self,
+        slots: list[int],
+        rewards: np.ndarray,
+        steps: np.ndarray,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        frames: list[list[np.ndarray]],
+    ) -> list[SlotStep]:
+        """The end of a `step_chunks` (this class's or a subclass's): the chunk-end frame of the
+        slots recording one per chunk, each slot's episode-end flag, and its SlotStep.
+        rewards (N, Ta), steps (N,), terminated / truncated (N,) bool; frames: per slot, the
+        frames rendered during the chunk (appended to)."""
         chunk_end = [i for i, s in enumerate(slots) if self._record[s] == "chunk"]
         shots = self.render_batch([slots[i] for i in chunk_end]) if chunk_end else None
         if shots is not None:
