@@ -58,10 +58,15 @@ def render(pos: np.ndarray) -> np.ndarray:
     return frame
 
 
-def make_dataset(root, seed=0, images=True, action_dim=2, tasks=TASKS):
+def make_dataset(root, seed=0, images=True, action_dim=2, tasks=TASKS, state_dim=2, **info):
     """Per task 8 episodes from random starts: position += 2 x action (clipped to the frame),
     actions drawn around the task's direction in 6 of 8, uniformly in the others; success
-    (which ends the episode) when the square reaches the task's edge."""
+    (which ends the episode) when the square reaches the task's edge. State and actions are
+    cut or zero-padded to state_dim / action_dim; info: write_dataset's (robot_type)."""
+
+    def fit(x, dim):  # (T, 2) -> (T, dim)
+        return np.pad(np.array(x, np.float32), ((0, 0), (0, max(0, dim - 2))))[:, :dim]
+
     rng = np.random.default_rng(seed)
     episodes = []
     for task, (dx, dy) in tasks.items():
@@ -82,14 +87,14 @@ def make_dataset(root, seed=0, images=True, action_dim=2, tasks=TASKS):
             episodes.append(
                 Episode(
                     task,
-                    np.array(states, np.float32),
-                    np.array(actions, np.float32)[:, :action_dim],
+                    fit(states, state_dim),
+                    fit(actions, action_dim),
                     np.zeros(t, np.float32),
                     success,
                     {"top": np.stack(frames)} if images else {},
                 )
             )
-    return write_dataset(root, episodes, fps=10)
+    return write_dataset(root, episodes, fps=10, **info)
 
 
 TINY = dict(
@@ -491,3 +496,87 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained, tmp_path, c
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert not run.exists(), args
+
+
+# ---- training in the world model, evaluated in the real simulator -----------------------------
+MW_TASK = "button-press-topdown-v3"
+
+
+@pytest.fixture(scope="module")
+def metaworld_model(tmp_path_factory):
+    """A world model with one Meta-World task's name, instruction and spaces (Ds 39, Da 4: the
+    squares zero-padded), trained for 2 steps: enough to run in, not to be right."""
+    from vla_rl.benchmarks.metaworld import ACTION_DIM, INSTRUCTIONS, STATE_DIM
+
+    root = tmp_path_factory.mktemp("mw")
+    # robot_type names the source benchmark: the task is then named as in Meta-World
+    tasks = {INSTRUCTIONS[MW_TASK]: (1, 0)}
+    data = make_dataset(root / "data", tasks=tasks, state_dim=STATE_DIM, action_dim=ACTION_DIM,
+                        robot_type="metaworld")  # fmt: skip
+    train_world_model(config(data, root / "wm", steps=2, val_every=2, save_every=2, videos=0))
+    return root / "wm"
+
+
+def finetune_args(model, run, *extra):
+    return ["finetune", "--base", "metaworld-flow", "--method", "grpo", "--benchmark",
+            "worldmodel", "--env.world-model", str(model), "--eval-benchmark", "metaworld",
+            "--env-steps", "1", "--eval-episodes", "1", "--final-eval-episodes", "1",
+            "--videos", "0", "--env.max-steps", "8", "--env.num-envs", "1",
+            "--env.num-workers", "0", "--grpo.group-size", "2", "--grpo.episodes-per-step", "2",
+            "--grpo.rollout-envs", "2", "--grpo.rollout-workers", "0", "--logger", "none",
+            "--no-progress", "--output-dir", str(run), *extra]  # fmt: skip
+
+
+def test_finetune_in_the_world_model_evaluates_in_metaworld(metaworld_model, tmp_path, capsys):
+    from vla_rl.cli import main
+
+    run = tmp_path / "run"
+    assert main(finetune_args(metaworld_model, run)) == 0
+    capsys.readouterr()
+    res = json.loads((run / "results.json").read_text())
+    assert res["rl_steps"] == 1 and res["config"]["benchmark"] == "worldmodel"
+    assert res["config"]["eval_benchmark"] == "metaworld"
+    # the result, the base and every curve point ran on Meta-World's eval split
+    for side in (res, res["base"]):
+        assert side["protocol"]["benchmark"] == "metaworld" and list(side["per_task"]) == [MW_TASK]
+        assert side["protocol"]["benchmark_version"].keys() == {"metaworld", "mujoco"}
+        assert side["episodes"][0]["init_id"] == 1_000_000  # Meta-World's first eval seed
+    assert len(res["curve"]) == 2 and all(list(p["per_task"]) == [MW_TASK] for p in res["curve"])
+
+
+def test_eval_benchmark_mismatches_exit_2_with_one_line(trained, metaworld_model, tmp_path, capsys):
+    from vla_rl.cli import main
+    from vla_rl.core.config import ConfigError
+    from vla_rl.runs.run import check_same_spaces
+
+    squares, _ = trained
+    run = tmp_path / "run"
+    starts = len(benchmark(metaworld_model).tasks("train")[0].init_ids)
+    cases = [
+        (finetune_args(squares, run, "--tasks", "move the square right"),
+         "task 'move the square right' of --benchmark worldmodel is not one of its tasks"),
+        (finetune_args(metaworld_model, run, "--grpo.episodes-per-step", str(2 * (starts + 1))),
+         f"task {MW_TASK!r} has {starts}: set --grpo.episodes-per-step to at most {2 * starts}"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not run.exists(), args
+    world = benchmark(metaworld_model)
+    world.state_dim = 7  # the check setup_run makes once the base is loaded
+    with pytest.raises(
+        ConfigError, match="worldmodel has 7-D states, --eval-benchmark metaworld 39-D"
+    ):
+        check_same_spaces(world, get_benchmark("metaworld"))
+
+
+def test_group_episodes_beyond_the_starts_is_a_config_error(metaworld_model):
+    from vla_rl.core.benchmark import group_episodes
+    from vla_rl.core.config import ConfigError
+
+    tasks = benchmark(metaworld_model).tasks("train")
+    n = len(tasks[0].init_ids)
+    assert len(group_episodes(tasks, n, 2, np.random.default_rng(0))) == 2 * n
+    with pytest.raises(ConfigError, match=f"has {n} train initial states; asked for {n + 1}"):
+        group_episodes(tasks, n + 1, 2, np.random.default_rng(0))

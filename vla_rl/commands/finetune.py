@@ -84,7 +84,8 @@ def main(args: list[str]) -> int:
         from vla_rl.runs.sweep import format_sweep, run_seeds
 
         summary = run_seeds(cfg, cfg.seeds, finetune)
-        print(f"\n{cfg.method} on base {cfg.base}, {cfg.benchmark} eval split, seeds "
+        where = cfg.eval_benchmark or cfg.benchmark
+        print(f"\n{cfg.method} on base {cfg.base}, {where} eval split, seeds "
               f"{' '.join(map(str, cfg.seeds))}")  # fmt: skip
         print(format_sweep(summary))
         print(f"sweep: {Path(summary['directory']) / 'sweep.json'}; plot: "
@@ -97,7 +98,7 @@ def main(args: list[str]) -> int:
         return 0
     base = res["base"]
     print()
-    print(f"{cfg.method} on base {cfg.base}, {cfg.benchmark} eval split")
+    print(f"{cfg.method} on base {cfg.base}, {cfg.eval_benchmark or cfg.benchmark} eval split")
     print(format_table(res))
     (lo, hi), (blo, bhi) = res["success_ci95"], base["success_ci95"]
     print(

@@ -240,6 +240,13 @@ def group_episodes(
 ) -> list[EpisodeSpec]:
     """K = `group_size` rollouts from each of `states_per_task` random initial states per task;
     episodes from the same initial state share a group id (the unit of GRPO advantages)."""
+    for task in tasks:  # before any draw; numpy's own error names no setting
+        if states_per_task > len(task.init_ids):
+            raise ConfigError(
+                f"task {task.name!r} has {len(task.init_ids)} {task.split} initial states; "
+                f"asked for {states_per_task} groups of {group_size} from distinct ones "
+                f"(valid: 1..{len(task.init_ids)})"
+            )
     out, group = [], 0
     for task in tasks:
         ids = rng.choice(len(task.init_ids), size=states_per_task, replace=False)

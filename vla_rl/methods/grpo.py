@@ -82,6 +82,18 @@ class GRPO(OnPolicyMethod):
                 f"task ({len(tasks)} tasks; 0 chooses a count that does)"
             )
         self.states_per_task = per_task
+        # Each group starts from its own initial state: a world model built from a small
+        # dataset may hold fewer train starts than the groups asked for (checked here, before
+        # the run writes anything, to name the flags; group_episodes would fail mid-run).
+        fewest = min(benchmark.tasks("train", tasks), key=lambda t: len(t.init_ids))
+        if per_task > len(fewest.init_ids):
+            raise ConfigError(
+                f"--{self.name}.episodes-per-step ({self.episodes_per_step}) / "
+                f"--{self.name}.group-size ({pg.group_size}) asks for {per_task} distinct train "
+                f"initial states per task and step; task {fewest.name!r} has "
+                f"{len(fewest.init_ids)}: set --{self.name}.episodes-per-step to at most "
+                f"{len(fewest.init_ids) * pg.group_size * len(tasks)}"
+            )
 
     def episodes(self, tasks, rng):
         return group_episodes(tasks, self.states_per_task, self.pg.group_size, rng)

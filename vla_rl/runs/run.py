@@ -55,6 +55,12 @@ class RunConfig:
     progress reward); the last three update the base's own weights."""
     benchmark: str = "metaworld"
     """A registered benchmark (see `vla-rl benchmarks`)."""
+    eval_benchmark: str | None = None
+    """Where the run is evaluated. None: on --benchmark, as it trains. A registered benchmark
+    (e.g. metaworld): every eval point and the final evaluation (the result and the base) run
+    on that benchmark's eval split of the same task names, so a policy trained in a learned
+    world model (--benchmark worldmodel) is measured in the real simulator of its tasks; the
+    base is then loaded for it (a bundled metaworld-flow works)."""
     tasks: tuple[str, ...] = ("button-press-topdown-v3",)
     """Tasks (or set names) to train and evaluate on. Default: one MT10 task on which the bundled
     base succeeds about half the time (docs/RESULTS.md), so a few minutes show a change."""
@@ -175,7 +181,8 @@ def load_state(run: Path) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
 @dataclass
 class RunSetup:
     """What every method builds first, the same way: benchmark, task names and train split, the
-    base policy, the run directory and (with --resume) the loaded checkpoint."""
+    base policy, the run directory, (with --resume) the loaded checkpoint, and the benchmark the
+    run is evaluated on."""
 
     benchmark: Benchmark
     names: list[str]
@@ -191,6 +198,13 @@ class RunSetup:
     """With --resume: the checkpoint directory read (its extra files: policy/, buffers)."""
     overwrite: bool = False
     """--overwrite: `claim` empties the run directory first."""
+    eval_benchmark: Benchmark | None = None
+    """Where eval points and the final evaluation run (--eval-benchmark); left None, it is
+    `benchmark`."""
+
+    def __post_init__(self) -> None:
+        if self.eval_benchmark is None:
+            self.eval_benchmark = self.benchmark
 
     def claim(self) -> None:
         """Take the run directory for writing (see `claim_run_directory`); the loops call it
@@ -205,8 +219,17 @@ def setup_run(cfg: RunConfig) -> RunSetup:
 
     benchmark = get_benchmark(cfg.benchmark, env=cfg.env)
     names = benchmark.resolve_task_names(list(cfg.tasks) or None)
-    base = load_policy(cfg.base, benchmark, cfg.base_path, cfg.base_load)
-    cfg.env = apply_policy_observation(benchmark, cfg.env, base)
+    evaluated = benchmark
+    if cfg.eval_benchmark is not None:
+        # the same env settings: a real benchmark ignores the world-model fields
+        evaluated = get_benchmark(cfg.eval_benchmark, env=cfg.env)
+        check_eval_tasks(benchmark, evaluated, names)
+    # The base is loaded for where it is measured: a policy bundled for Meta-World (it checks
+    # the benchmark's name) then trains in a world model of Meta-World tasks.
+    base = load_policy(cfg.base, evaluated, cfg.base_path, cfg.base_load)
+    cfg.env = apply_policy_observation(evaluated, cfg.env, base)
+    if evaluated is not benchmark:  # after the line above: object state may change Ds
+        check_same_spaces(benchmark, evaluated)
     run = run_directory(cfg)
     loaded = load_state(run) if cfg.resume else None
     if cfg.resume and loaded is None:
@@ -217,7 +240,30 @@ def setup_run(cfg: RunConfig) -> RunSetup:
     check_run_directory(run, cfg.resume, cfg.overwrite)
     train_tasks = benchmark.tasks("train", names)
     return RunSetup(benchmark, names, train_tasks, base, run, saved, tree, directory,
-                    overwrite=cfg.overwrite)  # fmt: skip
+                    overwrite=cfg.overwrite, eval_benchmark=evaluated)  # fmt: skip
+
+
+def check_eval_tasks(trained: Benchmark, evaluated: Benchmark, names: list[str]) -> None:
+    """ConfigError unless every trained task is a task of the eval benchmark, by name."""
+    valid = evaluated.task_names()
+    missing = [n for n in names if n not in valid]
+    if missing:
+        shown = valid if len(valid) <= 20 else valid[:20] + [f"... ({len(valid)} tasks)"]
+        raise ConfigError(
+            f"--eval-benchmark {evaluated.name}: task {missing[0]!r} of --benchmark "
+            f"{trained.name} is not one of its tasks; valid tasks: {', '.join(shown)}"
+        )
+
+
+def check_same_spaces(trained: Benchmark, evaluated: Benchmark) -> None:
+    """ConfigError unless the policy trained on one benchmark can act in the other (Da, Ds)."""
+    for what, dim in (("action", "action_dim"), ("state", "state_dim")):
+        a, b = getattr(trained, dim), getattr(evaluated, dim)
+        if a != b:
+            raise ConfigError(
+                f"--benchmark {trained.name} has {a}-D {what}s, --eval-benchmark "
+                f"{evaluated.name} {b}-D: a policy trained in one cannot act in the other"
+            )
 
 
 # Settings a resumed run may change: the budget, the bookkeeping, the eval protocol during
@@ -367,7 +413,7 @@ def record_eval_point(
     state["curve"] and log it."""
     was_training = policy.training
     policy.eval()
-    point = eval_point(policy, setup.benchmark, cfg, setup.names, state)
+    point = eval_point(policy, setup.eval_benchmark, cfg, setup.names, state)
     policy.train(was_training)
     point.update(fields)
     state["curve"].append(point)
@@ -395,4 +441,4 @@ def finish_run(
     if len(setup.names) > 1:  # a multi-task run: which tasks learned
         plot_per_task_curves(state["curve"], run / "learning_curve_per_task.png", title)
     extra = {"policy_dir": str(run / "policy"), **extra, "curve": state["curve"]}
-    return final_results(policy, setup.base, setup.benchmark, cfg, setup.names, run, extra)
+    return final_results(policy, setup.base, setup.eval_benchmark, cfg, setup.names, run, extra)
