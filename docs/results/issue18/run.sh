@@ -32,7 +32,7 @@ if [[ $STEP == rl || $STEP == all ]]; then
   #    with the critic's shaping, and with Meta-World's dense reward as the potential (oracle),
   #    three seeds each, each final evaluation paired with its base.
   for reward in success critic dense_oracle; do
-    vla-rl finetune --method grpo --tasks reach-v3 --env-steps 160000 --eval-every 20000 \
+    vla-rl finetune --method grpo --tasks reach-v3 --env-steps 160000 --eval-every 40000 \
       --eval-episodes 20 --videos 0 --seeds 0 1 2 --no-progress --grpo.reward $reward \
       --grpo.critic "$OUT/fit/critic" --output-dir "$OUT/rl/grpo_reach_$reward"
   done
