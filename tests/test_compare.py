@@ -168,6 +168,20 @@ def test_a_seed_sweep_runs_every_seed_aggregates_and_resumes(tmp_path):
     shutil.rmtree(tmp_path / "sweep" / "seed-2")
     run_seeds(dataclasses.replace(cfg, resume=True), (0, 1, 2), finetune)
     assert [c[0] for c in calls] == [2] and calls[0][2] is False  # no checkpoint: a fresh run
+    # a seed killed before its first checkpoint left only logs: --resume starts it again
+    calls.clear()
+    shutil.rmtree(tmp_path / "sweep" / "seed-2")
+    (tmp_path / "sweep" / "seed-2").mkdir()
+    (tmp_path / "sweep" / "seed-2" / "metrics.jsonl").write_text("{}\n")
+    overwrites = []
+
+    def finetune_into_a_left_directory(cfg):
+        overwrites.append(cfg.overwrite)
+        shutil.rmtree(cfg.output_dir)  # what --overwrite does to the directory
+        return finetune(cfg)
+
+    run_seeds(dataclasses.replace(cfg, resume=True), (0, 1, 2), finetune_into_a_left_directory)
+    assert [c[0] for c in calls] == [2] and overwrites == [True] and calls[0][2] is False
 
 
 def test_compare_evaluates_policies_on_the_same_episodes(tmp_path, capsys):

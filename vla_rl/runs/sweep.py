@@ -41,8 +41,12 @@ def run_seeds(
             runs.append(json.loads(done.read_text()))
             continue
         resume = cfg.resume and (out / "checkpoint").exists()
+        # A seed killed before its first checkpoint left logs only: with --resume it starts
+        # again (nothing is lost), instead of refusing the directory it left.
+        restart = cfg.resume and not resume and out.is_dir()
         runs.append(finetune(dataclasses.replace(cfg, seed=seed, output_dir=str(out),
-                                                 resume=resume)))  # fmt: skip
+                                                 resume=resume,
+                                                 overwrite=cfg.overwrite or restart)))  # fmt: skip
     summary = aggregate(runs, list(seeds))
     summary["config"] = {"seeds": list(seeds), "run_directories": [f"seed-{s}" for s in seeds]}
     summary["provenance"] = provenance()
