@@ -158,20 +158,27 @@ def _unknown(names: list[str], side: str) -> ValueError:
     )
 
 
+def _match(table: list[tuple], name: str) -> tuple[dict[str, str], tuple] | None:
+    """The first (pattern, *rest) row of `table` whose pattern matches `name`: the pattern's
+    named fields that matched, and the rest of its row; None when no pattern matches."""
+    for pattern, *rest in table:
+        m = pattern.match(name)
+        if m:
+            return {k: v for k, v in m.groupdict().items() if v is not None}, tuple(rest)
+    return None
+
+
 def to_native(state: dict[str, torch.Tensor], shapes: FusedShapes) -> dict[str, torch.Tensor]:
     """Published tensor names -> native `InternVLForConditionalGeneration` names, fused tensors
     split. ValueError (one line) for names no rule matches."""
     out: dict[str, torch.Tensor] = {}
     unknown = []
     for name, tensor in state.items():
-        for pattern, rule in _PUBLISHED:  # noqa: B007 (the matching rule is used below)
-            m = pattern.match(name)
-            if m:
-                break
-        else:
+        found = _match(_PUBLISHED, name)
+        if found is None:
             unknown.append(name)
             continue
-        fields = {k: v for k, v in m.groupdict().items() if v is not None}
+        fields, (rule,) = found
         targets = [_fill(t, fields) for t in rule.native]
         parts = [tensor] if rule.split is None else _split(rule.split, tensor, shapes)
         out.update(zip(targets, parts))
@@ -187,14 +194,11 @@ def to_published(state: dict[str, torch.Tensor], shapes: FusedShapes) -> dict[st
     pending: dict[str, tuple[Rule, dict[int, torch.Tensor]]] = {}
     unknown = []
     for name, tensor in state.items():
-        for pattern, rule, k in _NATIVE:  # noqa: B007 (the matching rule is used below)
-            m = pattern.match(name)
-            if m:
-                break
-        else:
+        found = _match(_NATIVE, name)
+        if found is None:
             unknown.append(name)
             continue
-        fields = {key: v for key, v in m.groupdict().items() if v is not None}
+        fields, (rule, k) = found
         target = _fill(rule.published, fields)
         if rule.split is None:
             out[target] = tensor
