@@ -33,6 +33,13 @@ from vla_rl.core.types import Observation
 from vla_rl.rollout.chunked_env import ChunkedEnv
 
 
+def reset_items(episodes: Sequence[EpisodeSpec], record: Sequence[bool | str]) -> list[tuple]:
+    """What a worker's "reset" command takes per slot: (task, init id, record mode). The worker
+    needs the task's name, horizon and instruction, not its list of init ids."""
+    return [(dataclasses.replace(ep.task, init_ids=()), ep.init_id, rec)
+            for ep, rec in zip(episodes, record)]  # fmt: skip
+
+
 def _handle(envs: list[ChunkedEnv], command: str, payload: Any) -> Any:
     """Run one command on this process's slots (same code in workers and in-process)."""
     if command == "reset":
@@ -350,11 +357,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         """Reset `slots` into `episodes`; returns the first video frame lists (or None).
         record: per slot, False, True (a frame per env step) or "chunk" (one per chunk)."""
         record = record or [False] * len(slots)
-        # The worker needs the task's name, horizon and instruction, not its list of init ids.
-        items = [
-            (dataclasses.replace(ep.task, init_ids=()), ep.init_id, rec)
-            for ep, rec in zip(episodes, record)
-        ]
+        items = reset_items(episodes, record)
         results = self._gather(self._scatter_send("reset", slots, items))
         lost = [i for i, res in enumerate(results) if res is LOST]
         if lost:  # the worker was replaced: a reset starts from scratch anyway, so do it again

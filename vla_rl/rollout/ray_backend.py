@@ -26,7 +26,6 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -45,7 +44,15 @@ from vla_rl.core.registry import MissingExtraError
 from vla_rl.core.slots import SlotStep, WorkerError, slot_observations
 from vla_rl.core.types import Observation
 from vla_rl.rollout.chunked_env import ChunkedEnv
-from vla_rl.rollout.local import LOST, MAIN, _handle, group_by_owner, in_slot_order, slot_layout
+from vla_rl.rollout.local import (
+    LOST,
+    MAIN,
+    _handle,
+    group_by_owner,
+    in_slot_order,
+    reset_items,
+    slot_layout,
+)
 
 INSTALL_HINT = 'the ray backend needs Ray: pip install -e ".[ray]"'
 # Seconds an actor may take to start and build its envs (or longer, with a longer step timeout).
@@ -274,11 +281,7 @@ class RaySlotEnv:
         """Reset `slots` into `episodes`; returns the first video frame lists (or None).
         record: per slot, False, True (a frame per env step) or "chunk" (one per chunk)."""
         record = record or [False] * len(slots)
-        # The worker needs the task's name, horizon and instruction, not its list of init ids.
-        items = [
-            (dataclasses.replace(ep.task, init_ids=()), ep.init_id, rec)
-            for ep, rec in zip(episodes, record)
-        ]
+        items = reset_items(episodes, record)
         results = self._gather(self._scatter("reset", slots, items))
         for slot, ep, res in zip(slots, episodes, results):
             if res is not LOST:
