@@ -123,7 +123,7 @@ def run_quality(cfg: CriticQualityConfig) -> dict:
     from vla_rl.rewards.critic_reward import load_critic
 
     check_config(cfg)
-    critic = load_critic(cfg.critic)
+    critic = load_critic(cfg.critic, flag="--critic")
     episodes = load_episodes(cfg)
     scored = [CriticEpisode(e.frames, e.instruction, e.success) for e in episodes]
     instructions = sorted({e.instruction for e in episodes})

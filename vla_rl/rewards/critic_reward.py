@@ -78,17 +78,19 @@ def check_critic_reward(path: str | None, cfg: CriticRewardConfig, flag: str) ->
         raise ConfigError(f"--{flag}.shaping.weight must be >= 0 and batch-size >= 1")
 
 
-def load_critic(path: str, batch_size: int = 64, device: str = "cpu") -> Any:
+def load_critic(
+    path: str, batch_size: int = 64, device: str = "cpu", flag: str = "--<method>.critic"
+) -> Any:
     """The ProgressCritic stored at `path`: a fitted pairwise critic, or a VLAC checkpoint
     (vla_rl.rewards.vlac, where installed). One-line ValueError naming both for anything
-    else."""
+    else; `flag` is the option the messages name."""
     from pathlib import Path
 
     from vla_rl.rewards.pairwise_critic import CONFIG_FILE, FORMAT, PairwiseProgressCritic
 
     directory = Path(path)
     if not directory.is_dir():
-        raise FileNotFoundError(f"--<method>.critic {path}: no such directory")
+        raise FileNotFoundError(f"{flag} {path}: no such directory")
     config = directory / CONFIG_FILE
     text = config.read_text() if config.is_file() else ""
     if f'"{FORMAT}"' in text:
@@ -100,7 +102,7 @@ def load_critic(path: str, batch_size: int = 64, device: str = "cpu") -> Any:
     if vlac is not None and vlac.is_vlac_dir(directory):
         return vlac.load_critic(directory, device=device, batch_size=batch_size)
     raise ValueError(
-        f"--<method>.critic {path}: not a progress critic; expected a directory written by "
+        f"{flag} {path}: not a progress critic; expected a directory written by "
         f"`vla-rl fit-critic` ({CONFIG_FILE} of format {FORMAT!r}) or a VLAC checkpoint"
     )
 
