@@ -20,6 +20,7 @@ OUTPUT_FLAG = {
     "pretrain": "--output-dir",
     "bench": "--output",
     "bench-policy": "--output",
+    "bench-scale": "--output",
     "fit-verifier": "--output-dir",
 }
 
@@ -70,6 +71,10 @@ CASES = [
     ("collect", ["--action-noise", "-1"], "--action-noise"),
     ("bench", ["--max-steps", "0"], "--max-steps"),
     ("bench", ["--steps", "0"], "--steps"),
+    ("bench-scale", ["--backends", "local", "mpi"], "--backends: ['mpi']; valid choices"),
+    ("bench-scale", ["--workers", "2", "0"], "--workers"),
+    ("bench-scale", ["--env-steps", "0"], "--env-steps"),
+    ("bench-scale", ["--benchmark", "metaworld", "--step-ms", "2"], "--step-ms"),
     ("eval", ["--episodes", "0"], "--episodes"),
     ("fit-verifier", ["--cfn.lr", "nan"], "--cfn.lr"),
     ("fit-verifier", ["--noised-draws", "-1"], "--noised-draws"),

@@ -213,6 +213,36 @@ def test_a_reply_received_before_its_worker_was_lost_is_void_not_awaited(tmp_pat
         venv.close()
 
 
+def test_a_refill_that_finds_its_worker_lost_keeps_the_other_slots_observable(tmp_path):
+    """The engine's order: one group's step in flight (slot 1's env dies in it), then a refill
+    of the other group (slot 0) on the same worker, then that group is observed and stepped.
+    Slot 2, on the lost worker but in neither request, still has its last observation; its
+    step reports it lost (before: observe raised "slot 2 has not been reset" and the run
+    stopped)."""
+    from toy_benchmark import FaultyToyBenchmark
+
+    from vla_rl.core.benchmark import EnvConfig
+    from vla_rl.core.types import EpisodeSpec
+
+    bench = FaultyToyBenchmark(1001, str(tmp_path / "died-once"), "die")
+    task = bench.tasks("eval")[0]
+    venv = bench.make_env([], EnvConfig(num_envs=4, num_workers=1, step_timeout_s=10.0))
+    try:
+        venv.reset_slots(range(4), [EpisodeSpec(task, i) for i in (1000, 1001, 1002, 1003)])
+        action = np.zeros((2, 1, *venv.single_action_space.shape), dtype=np.float32)
+        in_flight = venv.step_async([1, 3], action)
+        venv.reset_slots([0], [EpisodeSpec(task, 1004)])  # finds it lost, restarts, resets
+        assert (tmp_path / "died-once").exists() and venv.restarts == [1]
+        assert venv.observe([0, 2])["state"].shape == (2, 2)
+        assert [r.lost for r in venv.step_wait(venv.step_async([0, 2], action))] == [False, True]
+        assert [r.lost for r in venv.step_wait(in_flight)] == [True, True]
+        venv.reset_slots([1, 2, 3], [EpisodeSpec(task, i) for i in (1001, 1002, 1003)])
+        steps = venv.step_wait(venv.step_async([0, 1, 2, 3], np.repeat(action, 2, 0)))
+        assert not any(r.lost for r in steps)  # every slot runs again after its reset
+    finally:
+        venv.close()
+
+
 RESIDUAL = ["finetune", "--method", "residual", "--tasks", "button-press-topdown-v3",
             "--env-steps", "600", "--eval-every", "100000", "--eval-episodes", "1",
             "--final-eval-episodes", "1", "--videos", "0", "--logger", "none", "--no-progress",

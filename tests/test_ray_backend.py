@@ -286,3 +286,21 @@ def test_more_cpus_than_the_cluster_has_is_one_line_not_a_hang(ray_cluster):
     cfg = EnvConfig(num_envs=3, num_workers=3, backend="ray")  # 3 x 1 CPU on a 2-CPU Ray
     with pytest.raises(WorkerError, match="need 3 CPUs, the Ray cluster has 2"):
         ToyBenchmark().make_env([], cfg)
+
+
+@needs_ray
+@pytest.mark.ray
+def test_bench_scale_runs_the_same_work_on_both_backends(ray_cluster, tmp_path):
+    import json
+
+    from vla_rl.cli import main
+
+    out = tmp_path / "scale.json"
+    assert main(["bench-scale", "--backends", "local", "ray", "--workers", "1",
+                 "--envs-per-worker", "2", "--env-steps", "32", "--max-steps", "16",
+                 "--repeats", "1", "--output", str(out)]) == 0  # fmt: skip
+    local, ray = json.loads(out.read_text())["runs"]
+    assert (local["backend"], ray["backend"]) == ("local", "ray")
+    for key in ("env_steps", "decision_steps", "num_envs"):
+        assert local[key] == ray[key]
+    assert json.loads(out.read_text())["table"][1]["over_local"] > 0

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "doctor": "check the installation and say how to fix what is missing",
     "bench": "measure rollout throughput (engine vs raw simulator vs sequential)",
     "bench-policy": "a policy's chunk latency and engine-vs-sequential eval speed",
+    "bench-scale": "rollout scaling over W workers x E envs, local vs Ray, with the time split",
     "tiny-checkpoint": "write a tiny random-weight real-format VLA checkpoint (openvla, pi0, ...)",
     "render-dataset": "render camera frames for a LIBERO dataset from its recorded sim states",
     "fit-critic": "train a small pairwise progress critic on LeRobot datasets with images",

@@ -123,7 +123,8 @@ class Ticket:
 
     tag: int
     workers: list[int]
-    slots: list[int] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # the slots it was sent for
+    asked: list[int] = field(default_factory=list)  # for a step: those asked (stale ones unsent)
 
 
 class WorkerLost(WorkerError):
@@ -219,6 +220,11 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         main_envs = num_envs - sum(self._counts)
         self.episodes: list[EpisodeSpec | None] = [None] * num_envs
         self._obs: list[dict[str, np.ndarray] | None] = [None] * num_envs
+        # Slots whose worker was lost since their last reset: stepping them would step a fresh,
+        # never-reset env, so they are not sent, and report lost when stepped (the Ray backend
+        # does the same). Their last observation stays: the engine may observe a slot of the
+        # lost worker that was in neither the failed request nor the one that found it lost.
+        self._stale: set[int] = set()
         self._closed = False
         self._next_tag = 0
         self._main_results: dict[int, Any] = {}
@@ -264,9 +270,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
             proc.kill()
         proc.join(timeout=5)
         self._conns[w].close()
-        for slot, (owner, _) in enumerate(self._owner):
-            if owner == w:
-                self.episodes[slot], self._obs[slot] = None, None
+        self._stale.update(s for s, (owner, _) in enumerate(self._owner) if owner == w)
         if self.restarts[w] >= self.max_restarts:
             raise WorkerError(f"env worker {w} {why}, {self.restarts[w] + 1} times; giving up")
         self.restarts[w] += 1
@@ -369,6 +373,7 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         for slot, ep, (obs, first_frames) in zip(slots, episodes, results):
             self.episodes[slot] = ep
             self._obs[slot] = obs
+            self._stale.discard(slot)
             frames.append(first_frames)
         return frames
 
@@ -378,16 +383,22 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
 
     def step_async(self, slots: Sequence[int], chunks: np.ndarray) -> Ticket:
         """Start executing one chunk per slot; collect with `step_wait(ticket)`."""
-        return self._scatter_send("step", slots, [(c,) for c in chunks])
+        live = [i for i, slot in enumerate(slots) if slot not in self._stale]
+        ticket = self._scatter_send("step", [slots[i] for i in live], [(chunks[i],) for i in live])
+        ticket.asked = list(slots)
+        return ticket
 
     def step_wait(self, ticket: Ticket) -> list[SlotStep]:
-        results = self._gather(ticket)
-        for i, (slot, res) in enumerate(zip(ticket.slots, results)):
+        got = dict(zip(ticket.slots, self._gather(ticket)))
+        results = []
+        for slot in ticket.asked:
+            res = got.get(slot, LOST)  # a stale slot was not sent: its env is gone
             if res is LOST:
-                results[i] = SlotStep.lost_slot()
+                res = SlotStep.lost_slot()
                 self.episodes[slot], self._obs[slot] = None, None
             else:
                 self._obs[slot] = res.obs
+            results.append(res)
         return results
 
     def observe(self, slots: Sequence[int]) -> Observation:

@@ -1,9 +1,12 @@
 """Worker faults (issue 16): kill -9 or SIGSTOP one env worker in the middle of `vla-rl eval` and
 of `vla-rl finetune --method grpo`, and put what the run did beside an undisturbed run.
 
-    python docs/results/kill9_issue16/worker_faults.py /tmp/worker_faults
+    python docs/results/kill9_issue16/worker_faults.py /tmp/worker_faults [eval] [grpo]
+    BACKEND=ray python docs/results/kill9_issue16/worker_faults.py /tmp/ray_faults [eval] [grpo]
 
-Writes worker_faults.json next to this script.
+Writes worker_faults[_ray]_<commands>.json next to this script. BACKEND=ray (issue 20) runs
+both commands with `--env.backend ray` and hits one of the Ray env actors (process title
+`ray::EnvWorker`) instead of a worker process of the run.
 """
 
 import json
@@ -65,11 +68,27 @@ GRPO = [
 ]
 
 
+BACKEND = os.environ.get("BACKEND", "local")
+
+
 def children(pid: int) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-P", str(pid), "-f", "multiprocessing.spawn"], capture_output=True, text=True
-    )
+    """The env workers of run `pid`: its spawned processes, or on Ray the env actors' (Ray's
+    worker processes are not the run's children; only this run uses Ray here)."""
+    if BACKEND == "ray":
+        pattern = ["-f", "^ray::EnvWorker"]
+    else:
+        pattern = ["-P", str(pid), "-f", "multiprocessing.spawn"]
+    out = subprocess.run(["pgrep", *pattern], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+def train_reruns(out: Path) -> float:
+    """Episodes the training rollouts ran again, summed over the RL steps of metrics.jsonl."""
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return 0.0
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sum(r.get("train/episodes_rerun", 0.0) for r in rows)
 
 
 def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: float) -> dict:
@@ -82,6 +101,8 @@ def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: f
         str(out),
         "--env.step-timeout-s",
         str(timeout_s),
+        "--env.backend",
+        BACKEND,
     ]
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,6 +133,7 @@ def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: f
         "success_rate": res.get("success_rate"),
         "per_task": res.get("per_task"),
         "episodes_rerun": res.get("timing", {}).get("episodes_rerun"),
+        "train_episodes_rerun": train_reruns(out),
         "rl_steps": res.get("rl_steps"),
         "env_steps": res.get("env_steps"),
     }
@@ -130,7 +152,8 @@ def main(scratch: Path) -> None:
             row["command"] = name
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "per_task"}), flush=True)
-    out = Path(__file__).with_name(f"worker_faults_{'_'.join(only)}.json")
+    tag = "" if BACKEND == "local" else f"{BACKEND}_"
+    out = Path(__file__).with_name(f"worker_faults_{tag}{'_'.join(only)}.json")
     out.write_text(json.dumps(rows, indent=1) + "\n")
 
 
