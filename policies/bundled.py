@@ -39,7 +39,10 @@ class BundledCheckpoint:
     def for_benchmark(self, benchmark: Any):
         from vla_rl.core.policy import load_policy
 
-        if benchmark is not None and benchmark.name != self.benchmark:
+        # A learned world model of a benchmark's tasks (--benchmark worldmodel) has that
+        # benchmark's spaces: its policies run in it as they are.
+        names = {getattr(benchmark, "name", None), getattr(benchmark, "source_benchmark", None)}
+        if benchmark is not None and self.benchmark not in names:
             raise ValueError(
                 f"policy {self.name!r} was trained for {self.benchmark!r}, not {benchmark.name!r}"
             )

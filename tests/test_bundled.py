@@ -35,3 +35,17 @@ def test_bundled_checkpoint_refuses_other_benchmarks():
 
     with pytest.raises(ValueError, match="trained for 'metaworld'"):
         load_policy("metaworld-flow", Other())
+
+
+def test_bundled_checkpoint_runs_in_a_world_model_of_its_benchmark():
+    """`vla-rl eval --policy metaworld-flow --benchmark worldmodel`: a world model of
+    Meta-World's tasks has Meta-World's spaces; one of LIBERO's does not."""
+
+    class WorldModel:
+        name = "worldmodel"
+        source_benchmark = "metaworld"
+
+    assert load_policy("metaworld-flow", WorldModel()) is not None
+    WorldModel.source_benchmark = "libero_spatial"
+    with pytest.raises(ValueError, match="trained for 'metaworld', not 'worldmodel'"):
+        load_policy("metaworld-flow", WorldModel())

@@ -358,7 +358,14 @@ def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     one on this machine. That one gets the machine's CPUs, and at least the workers' total, so
     that a --env.num-workers that runs on the local backend (oversubscribing the cores) runs
     here too. Workers' output stays in Ray's logs (/tmp/ray/session_latest/logs/): the
-    driver's progress bars and one-line errors stay readable."""
+    driver's progress bars and one-line errors stay readable.
+
+    Ray runs its worker processes at niceness 15 (its `worker_niceness`, so that its own
+    daemons come first). An env worker is the simulator itself: at 15 it yields every core to
+    the driver's inference, and on the 2-core reference machine 2 Ray env workers ran Meta-World
+    at 0.64x the local workers (measured, docs/RESULTS.md "Scale-out"). The Ray started here
+    runs them at 0, as the local backend's; a cluster's nodes need `RAY_worker_niceness=0` in
+    the environment of `ray start` for the same."""
     if ray.is_initialized():
         return
     if address:
@@ -366,7 +373,8 @@ def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
                  include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)  # fmt: skip
+                 logging_level=logging.WARNING,
+                 _system_config={"worker_niceness": 0})  # fmt: skip
 
 
 def make_ray_env(env_fn: Callable[[], gym.Env], cfg: EnvConfig) -> RaySlotEnv:
