@@ -290,17 +290,36 @@ def test_more_cpus_than_the_cluster_has_is_one_line_not_a_hang(ray_cluster):
 
 @needs_ray
 @pytest.mark.ray
-def test_bench_scale_runs_the_same_work_on_both_backends(ray_cluster, tmp_path):
+def test_bench_scale_runs_the_same_work_on_both_backends(ray_envs, tmp_path):
     import json
 
     from vla_rl.cli import main
 
     out = tmp_path / "scale.json"
+    # half a CPU: the module's shared envs hold 1.5 of the 2
     assert main(["bench-scale", "--backends", "local", "ray", "--workers", "1",
                  "--envs-per-worker", "2", "--env-steps", "32", "--max-steps", "16",
-                 "--repeats", "1", "--output", str(out)]) == 0  # fmt: skip
+                 "--repeats", "1", "--env.ray-worker-cpus", "0.5",
+                 "--output", str(out)]) == 0  # fmt: skip
     local, ray = json.loads(out.read_text())["runs"]
     assert (local["backend"], ray["backend"]) == ("local", "ray")
     for key in ("env_steps", "decision_steps", "num_envs"):
         assert local[key] == ray[key]
     assert json.loads(out.read_text())["table"][1]["over_local"] > 0
+
+
+@needs_ray
+@pytest.mark.ray
+def test_workers_that_do_not_fit_beside_others_are_one_line_not_a_hang(ray_envs):
+    """A run's training env holds its CPUs while an evaluation's env starts (before: the second
+    env's actors waited for CPUs for ever). The module's envs hold 1.5 of the 2 CPUs, one more
+    worker of 0.5 the rest."""
+    cfg = EnvConfig(num_envs=1, num_workers=1, backend="ray", ray_worker_cpus=0.5)
+    held = ToyBenchmark().make_env([], cfg)
+    try:
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match="need 0.5 CPUs, 0 of the Ray cluster's 2 are free"):
+            ToyBenchmark().make_env([], cfg)
+        assert time.monotonic() - start < 30
+    finally:
+        held.close()

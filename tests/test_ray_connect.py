@@ -1,6 +1,7 @@
 """The Ray that `--env.backend ray` starts on this machine runs its env workers at niceness 0,
 as the local backend's processes (Ray's default, 15, yields the simulator's core to the
-driver's inference). Its own file: it starts and stops a Ray of its own."""
+driver's inference), with 4 logical CPUs per core. Its own file: it starts and stops a Ray of
+its own."""
 
 from __future__ import annotations
 
@@ -32,5 +33,7 @@ def test_the_ray_started_here_runs_env_workers_at_niceness_0():
     connect(ray, None, 1)
     try:
         assert ray.get(Probe.remote().niceness.remote(), timeout=120) == os.nice(0)
+        # 4 logical CPUs per core: a training env and an evaluation's fit beside each other
+        assert ray.cluster_resources()["CPU"] == 4 * os.cpu_count()
     finally:
         ray.shutdown()

@@ -58,6 +58,13 @@ INSTALL_HINT = 'the ray backend needs Ray: pip install -e ".[ray]"'
 # Seconds an actor may take to start and build its envs (or longer, with a longer step timeout).
 # A fresh process imports torch first: about 5 s on the 2-core reference machine under load.
 START_TIMEOUT_S = 300.0
+# Seconds to wait for CPUs just released by other actors (ray.kill frees them asynchronously).
+FREE_WAIT_S = 10.0
+# Logical CPUs per core of the Ray this backend starts on this machine: a run holds its training
+# env and an evaluation's env at once (grpo's 2 rollout workers and the eval's 2, each reserving
+# 1 CPU, on a 2-core machine: they waited for each other for ever with 1 per core). The cores
+# are shared as the local backend's processes share them.
+PRIVATE_CPUS_PER_CORE = 4
 
 
 def import_ray():
@@ -176,8 +183,9 @@ class RaySlotEnv:
 
     # ---- transport ---------------------------------------------------------------------------
     def _check_cpus(self, worker_cpus: float) -> None:
-        """An actor that asks for more CPUs than the cluster has waits for ever, silently (a
-        known trap: ray-project/ray #47792, verl PR #6663): say so now instead."""
+        """An actor that asks for more CPUs than the cluster has, or than are free, waits for
+        ever, silently (a known trap: ray-project/ray #47792, verl PR #6663): say so instead.
+        CPUs other actors just released take a moment to show as free: wait FREE_WAIT_S."""
         need = self.num_workers * worker_cpus
         have = self._ray.cluster_resources().get("CPU", 0.0)
         if need > have:
@@ -185,6 +193,16 @@ class RaySlotEnv:
                 f"{self.num_workers} env workers x {worker_cpus:g} CPUs need {need:g} CPUs, the "
                 f"Ray cluster has {have:g}: lower --env.num-workers or --env.ray-worker-cpus"
             )
+        deadline = time.monotonic() + FREE_WAIT_S
+        while (free := self._ray.available_resources().get("CPU", 0.0)) < need:
+            if time.monotonic() > deadline:
+                raise WorkerError(
+                    f"{self.num_workers} env workers x {worker_cpus:g} CPUs need {need:g} CPUs, "
+                    f"{free:g} of the Ray cluster's {have:g} are free (other actors hold the "
+                    "rest, e.g. this run's training env workers during an evaluation): lower "
+                    "--env.num-workers or --env.ray-worker-cpus"
+                )
+            time.sleep(0.2)
 
     def _wait_ready(self, w: int, old: str | None = None) -> str:
         """Wait for worker w to be up with its envs built, and other than incarnation `old` (one
@@ -355,9 +373,9 @@ class RaySlotEnv:
 
 def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     """Initialise Ray unless it is: join the cluster at `address` ("auto", HOST:PORT), or start
-    one on this machine. That one gets the machine's CPUs, and at least the workers' total, so
-    that a --env.num-workers that runs on the local backend (oversubscribing the cores) runs
-    here too. Workers' output stays in Ray's logs (/tmp/ray/session_latest/logs/): the
+    one on this machine. That one gets PRIVATE_CPUS_PER_CORE logical CPUs per core, and at
+    least the workers' total, so that what runs on the local backend (oversubscribing the
+    cores: a training env and an evaluation's at once) runs here too. Workers' output stays in Ray's logs (/tmp/ray/session_latest/logs/): the
     driver's progress bars and one-line errors stay readable.
 
     Ray runs its worker processes at niceness 15 (its `worker_niceness`, so that its own
@@ -371,7 +389,8 @@ def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(cpus_needed)),
+        ray.init(num_cpus=max(PRIVATE_CPUS_PER_CORE * (os.cpu_count() or 1),
+                              math.ceil(cpus_needed)),
                  include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING,
                  _system_config={"worker_niceness": 0})  # fmt: skip
