@@ -375,8 +375,9 @@ def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     """Initialise Ray unless it is: join the cluster at `address` ("auto", HOST:PORT), or start
     one on this machine. That one gets PRIVATE_CPUS_PER_CORE logical CPUs per core, and at
     least the workers' total, so that what runs on the local backend (oversubscribing the
-    cores: a training env and an evaluation's at once) runs here too. Workers' output stays in Ray's logs (/tmp/ray/session_latest/logs/): the
-    driver's progress bars and one-line errors stay readable.
+    cores: a training env and an evaluation's at once) runs here too. Workers' output stays in
+    Ray's logs (/tmp/ray/session_latest/logs/): the driver's progress bars and one-line errors
+    stay readable.
 
     Ray runs its worker processes at niceness 15 (its `worker_niceness`, so that its own
     daemons come first). An env worker is the simulator itself: at 15 it yields every core to
