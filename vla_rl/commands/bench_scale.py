@@ -150,10 +150,14 @@ def measure_step_ms(benchmark: Benchmark, task: TaskSpec, cfg: BenchScaleConfig)
     return float(np.median(times[1:]))
 
 
-def learner_pass(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, records) -> int:
-    """One epoch of -log pi(chunk) over the rollout's decision steps; returns the steps used."""
+def learner_pass(policy: torch.nn.Module, records) -> int:
+    """One epoch of -log pi(chunk) over the rollout's decision steps with a fresh Adam; returns
+    the steps used. The policy's weights are put back afterwards, so that every configuration
+    rolls out the same policy and runs the same episodes."""
     from vla_rl.core.trajectories import Trajectories
 
+    weights = {k: v.clone() for k, v in policy.state_dict().items()}
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-5)
     trajs = Trajectories.from_episodes(records)
     t_idx, b_idx = trajs.valid.nonzero(as_tuple=True)
     order = torch.randperm(len(t_idx), generator=torch.Generator().manual_seed(0))
@@ -167,6 +171,7 @@ def learner_pass(policy: torch.nn.Module, optimizer: torch.optim.Optimizer, reco
         loss.backward()
         optimizer.step()
     policy.eval()
+    policy.load_state_dict(weights)
     return len(order)
 
 
@@ -175,7 +180,6 @@ def measure(
     benchmark: Benchmark,
     task: TaskSpec,
     policy,
-    optimizer,
     backend: str,
     workers: int,
     per_worker: int,
@@ -203,7 +207,7 @@ def measure(
     learner_s, learner_steps = 0.0, 0
     if cfg.learner:
         start = time.perf_counter()
-        learner_steps = learner_pass(policy, optimizer, records)
+        learner_steps = learner_pass(policy, records)
         learner_s = time.perf_counter() - start
     # The ideal compute, at most what inference left of the wall time (the in-process step cost
     # is measured once, on a noisy machine): the three parts add up to the rollout's wall time.
@@ -293,8 +297,7 @@ def run_bench_scale(cfg: BenchScaleConfig) -> int:
     # The simulated benchmark has Meta-World's spaces: its policies load as for Meta-World.
     shapes = get_benchmark("metaworld") if cfg.benchmark == "simulated" else benchmark
     policy = load_policy(cfg.policy, shapes)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-5) if cfg.learner else None
-    if "ray" in cfg.backends:  # one Ray for every configuration, as many CPUs as local workers
+    if "ray" in cfg.backends:  # one Ray for every configuration, with room for the largest W
         from vla_rl.rollout.ray_backend import connect, import_ray
 
         connect(import_ray(), cfg.env.ray_address, max(cfg.workers))
@@ -316,7 +319,7 @@ def run_bench_scale(cfg: BenchScaleConfig) -> int:
             for w in cfg.workers:
                 for e in cfg.envs_per_worker:
                     for backend in cfg.backends:
-                        run = measure(cfg, benchmark, task, policy, optimizer, backend, w, e,
+                        run = measure(cfg, benchmark, task, policy, backend, w, e,
                                       sim_step_ms)  # fmt: skip
                         run["round"] = round_
                         runs.append(run)

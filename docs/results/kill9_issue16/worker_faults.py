@@ -74,8 +74,8 @@ BACKEND = os.environ.get("BACKEND", "local")
 def children(pid: int) -> list[int]:
     """The env workers of run `pid`: its spawned processes, or on Ray the env actors' (Ray's
     worker processes are not the run's children; only this run uses Ray here)."""
-    if BACKEND == "ray":
-        pattern = ["-f", "^ray::EnvWorker"]
+    if BACKEND == "ray":  # idle or stepping; not still building its envs (`.__init__`)
+        pattern = ["-f", r"^ray::EnvWorker(\.run)?$"]
     else:
         pattern = ["-P", str(pid), "-f", "multiprocessing.spawn"]
     out = subprocess.run(["pgrep", *pattern], capture_output=True, text=True)
