@@ -82,6 +82,30 @@ class CuedFaultEnv(ToyEnv):
         return super().step(action)
 
 
+class HangOnceAtStartBenchmark(ToyBenchmark):
+    """The toy benchmark whose first env ever built hangs while it is built (it leaves
+    `marker` behind); every later build, the restarted worker's included, is a plain toy env."""
+
+    def __init__(self, marker: str):
+        super().__init__()
+        self.marker = marker
+
+    def env_factory(self, cfg):
+        return HangOnceAtStartFactory(cfg, self.marker)
+
+
+@dataclass
+class HangOnceAtStartFactory:
+    cfg: EnvConfig
+    marker: str
+
+    def __call__(self):
+        if not Path(self.marker).exists():
+            Path(self.marker).touch()
+            time.sleep(3600)
+        return ToyEnv(self.cfg)
+
+
 # ---- episodes and policies -------------------------------------------------------------------
 class KeyedNoisyPolicy(GreedyToyPolicy):
     """GreedyToyPolicy plus N(0, noise^2) drawn from each row's episode key (vla_rl.core.noise):
@@ -323,3 +347,23 @@ def test_workers_that_do_not_fit_beside_others_are_one_line_not_a_hang(ray_envs)
         assert time.monotonic() - start < 30
     finally:
         held.close()
+
+
+@needs_ray
+@pytest.mark.ray
+def test_a_worker_hung_while_starting_is_restarted(ray_envs, tmp_path, monkeypatch):
+    """Before: a worker stuck building its envs ended the run after the start timeout."""
+    from vla_rl.rollout import ray_backend
+
+    monkeypatch.setattr(ray_backend, "START_TIMEOUT_S", 15.0)  # a healthy start takes ~5 s
+    bench = HangOnceAtStartBenchmark(str(tmp_path / "hung-once"))
+    cfg = EnvConfig(num_envs=2, num_workers=1, backend="ray", step_timeout_s=15.0,
+                    ray_worker_cpus=0.5)  # fmt: skip
+    venv = bench.make_env([], cfg)
+    try:
+        assert (tmp_path / "hung-once").exists() and venv.restarts == [1]
+        assert "did not start within 15 s; restarted" in venv.losses[0]
+        records, stats = rollout(venv, CHUNKED, grpo_batch()[:4])
+        assert len(records) == 4 and stats.episodes_rerun == 0
+    finally:
+        venv.close()

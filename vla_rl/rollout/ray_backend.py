@@ -76,6 +76,10 @@ def import_ray():
     return ray
 
 
+class StartTimeout(WorkerError):
+    """An env worker did not answer within the start timeout: hung while building its envs."""
+
+
 class EnvWorker:
     """One actor's block of env slots: what a local worker process does, as actor methods.
 
@@ -174,7 +178,7 @@ class RaySlotEnv:
                 num_cpus=worker_cpus, max_restarts=max_restarts, max_task_retries=0
             )
             self._workers = [actor.remote(env_fn, count) for count in self._counts]
-            self._incarnation = [self._wait_ready(w) for w in range(self.num_workers)]
+            self._incarnation = [self._start(w) for w in range(self.num_workers)]
         first = MAIN if self._main else 0
         spaces = self._wait(self._send("spaces", {first: None}))[first]
         if spaces is LOST:
@@ -221,14 +225,29 @@ class RaySlotEnv:
                     return incarnation
                 time.sleep(0.05)
             except exceptions.GetTimeoutError:
-                raise WorkerError(
-                    f"env worker {w} did not start within {timeout:g} s (`ray status` shows "
-                    "whether the cluster has the CPUs it asks for)"
-                ) from None
+                raise StartTimeout(f"env worker {w} did not start within {timeout:g} s") from None
             except restarting:
                 time.sleep(0.05)
             except exceptions.RayError as err:  # its envs failed to build, or no restart left
                 raise WorkerError(f"env worker {w} could not start: {err}") from None
+
+    def _start(self, w: int, old: str | None = None) -> str:
+        """Wait for worker w to be up (`_wait_ready`). One that does not start in time is hung
+        (a simulator or renderer stuck while building its envs): kill it and let Ray start it
+        again, as for any loss, up to max_restarts times; its incarnation."""
+        while True:
+            try:
+                return self._wait_ready(w, old)
+            except StartTimeout as err:
+                if self.restarts[w] >= self.max_restarts:
+                    raise WorkerError(
+                        f"{err}, {self.restarts[w] + 1} times; giving up (`ray status` shows "
+                        "whether the cluster has the CPUs it asks for)"
+                    ) from None
+                self.restarts[w] += 1
+                self.losses.append(f"{err}; restarted")
+                self._ray.kill(self._workers[w], no_restart=False)
+                old = None  # the hung one never said its incarnation; any answer is the new one
 
     def _lose(self, w: int, why: str, kill: bool = False, detail: str = "") -> None:
         """Worker w was lost: void its slots, have Ray restart it (killing it first if it hung
@@ -240,7 +259,7 @@ class RaySlotEnv:
         self.restarts[w] += 1
         if kill:  # no_restart=False: Ray starts it again, which builds fresh envs
             self._ray.kill(self._workers[w], no_restart=False)
-        self._incarnation[w] = self._wait_ready(w, self._incarnation[w] if kill else None)
+        self._incarnation[w] = self._start(w, self._incarnation[w] if kill else None)
         last_line = f": {detail.strip().splitlines()[-1]}" if detail else ""
         self.losses.append(f"env worker {w} {why}{last_line}")
 

@@ -3,6 +3,8 @@ of `vla-rl finetune --method grpo`, and put what the run did beside an undisturb
 
     python docs/results/kill9_issue16/worker_faults.py /tmp/worker_faults [eval] [grpo]
     BACKEND=ray python docs/results/kill9_issue16/worker_faults.py /tmp/ray_faults [eval] [grpo]
+    AT_S="8 15" ...   (seconds into the eval and the grpo run at which a worker is hit)
+    HIT_IN_TRAINING=1 ...   (hit grpo once its first RL step is logged: a training worker)
 
 Writes worker_faults[_ray]_<commands>.json next to this script. BACKEND=ray (issue 20) runs
 both commands with `--env.backend ray` and hits one of the Ray env actors (process title
@@ -74,12 +76,22 @@ BACKEND = os.environ.get("BACKEND", "local")
 def children(pid: int) -> list[int]:
     """The env workers of run `pid`: its spawned processes, or on Ray the env actors' (Ray's
     worker processes are not the run's children; only this run uses Ray here)."""
-    if BACKEND == "ray":  # idle or stepping; not still building its envs (`.__init__`)
-        pattern = ["-f", r"^ray::EnvWorker(\.run)?$"]
+    if BACKEND == "ray":  # stepping envs now: not one still building its envs (`.__init__`)
+        pattern = ["-f", r"^ray::EnvWorker\.run$"]  # nor an idle or just-closed one
     else:
         pattern = ["-P", str(pid), "-f", "multiprocessing.spawn"]
     out = subprocess.run(["pgrep", *pattern], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
+
+
+# HIT_IN_TRAINING=1: hit the finetune run once its first RL step is logged (the training
+# rollout workers are then mid-run), not at a fixed second that may land in an evaluation.
+HIT_IN_TRAINING = os.environ.get("HIT_IN_TRAINING") == "1"
+
+
+def train_reruns_logged(out: Path) -> bool:
+    path = out / "metrics.jsonl"
+    return path.is_file() and "train/episodes_rerun" in path.read_text()
 
 
 def train_reruns(out: Path) -> float:
@@ -109,6 +121,9 @@ def run(args: list[str], out: Path, fault: str | None, at_s: float, timeout_s: f
     hit = None
     if fault:
         time.sleep(at_s)
+        if HIT_IN_TRAINING and args[0] == "finetune":  # after the first RL step's metrics,
+            while proc.poll() is None and not train_reruns_logged(out):  # so mid-training
+                time.sleep(0.05)
         workers = children(proc.pid)
         while not workers and proc.poll() is None:  # between envs: wait for the next ones
             time.sleep(0.1)
@@ -143,7 +158,9 @@ def main(scratch: Path) -> None:
     scratch.mkdir(parents=True, exist_ok=True)
     rows = []
     only = sys.argv[2:] or ["eval", "grpo"]
-    for name, args, at_s in (("eval", EVAL, 12.0), ("grpo", GRPO, 15.0)):
+    # AT_S="EVAL GRPO": seconds into each run to hit (a quiet machine ends an eval sooner)
+    at = [float(x) for x in os.environ.get("AT_S", "12 15").split()]
+    for name, args, at_s in (("eval", EVAL, at[0]), ("grpo", GRPO, at[1])):
         if name not in only:
             continue
         for fault in (None, "kill", "stop"):
