@@ -46,7 +46,6 @@ from vla_rl.evaluation.protocol import default_task_selection
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
 
-BACKENDS = ("local", "ray")
 DEFAULT_STEP_MS = 0.5  # see BenchScaleConfig.step_ms
 LEARNER_MINIBATCH = 256  # decision steps per learner minibatch (GRPO's default minibatch size)
 
@@ -63,8 +62,9 @@ class BenchScaleConfig:
     policy: str = "metaworld-flow"
     """Policy doing the batched inference (a registry name or a checkpoint directory); the
     bundled flow base, whose chunk latency is 3.7 ms at batch 1 here (bench_policy_flow.json)."""
-    backends: tuple[str, ...] = BACKENDS
-    """Rollout backends to compare: local (worker processes), ray (Ray actors)."""
+    backends: tuple[str, ...] = ("local", "ray")
+    """Rollout backends to compare (the registered ones): local (worker processes), ray (Ray
+    actors)."""
     workers: tuple[int, ...] = (1, 2, 4)
     """W values: env workers (processes or actors), 1 CPU reserved each on Ray."""
     envs_per_worker: tuple[int, ...] = (1, 4, 16)
@@ -103,10 +103,12 @@ def check(cfg: BenchScaleConfig) -> None:
             raise ConfigError(
                 f"--{name.replace('_', '-')} must be integers >= 1, got {list(values)}"
             )
+    from vla_rl.core.registry import BACKENDS
+
     bad = [b for b in cfg.backends if b not in BACKENDS]
     if bad or not cfg.backends:
         raise ConfigError(
-            f"--backends: {bad or 'none given'}; valid choices: {', '.join(BACKENDS)}"
+            f"--backends: {bad or 'none given'}; valid choices: {', '.join(BACKENDS.names())}"
         )
     if (cfg.step_ms is not None and cfg.step_ms < 0) or cfg.image_size < 0:
         raise ConfigError("--step-ms and --image-size must be >= 0")
@@ -131,11 +133,16 @@ def make_benchmark(cfg: BenchScaleConfig) -> Benchmark:
     return get_benchmark(cfg.benchmark, env=cfg.env)
 
 
+def camera_settings(cfg: BenchScaleConfig) -> EnvConfig:
+    """cfg.env with the simulated camera (--image-size) switched on where it is asked for."""
+    return replace(cfg.env, images=bool(cfg.image_size), image_size=cfg.image_size or 128)
+
+
 def measure_step_ms(benchmark: Benchmark, task: TaskSpec, cfg: BenchScaleConfig) -> float:
-    """CPU ms of one env step of the no-op action in this process, the median of 3 timings of
-    max_steps steps each (one episode): the simulator's own cost, without any messages."""
-    env = benchmark.env_factory(replace(cfg.env, images=bool(cfg.image_size),
-                                        image_size=cfg.image_size or 128))()  # fmt: skip
+    """Wall-clock ms of one env step of the no-op action in this process, the median of 3
+    timings of max_steps steps each (one episode): the simulator's own cost, without any
+    messages."""
+    env = benchmark.env_factory(camera_settings(cfg))()
     noop = np.asarray(benchmark.noop_action, dtype=np.float32)
     times = []
     try:
@@ -189,8 +196,8 @@ def measure(
     from vla_rl.rollout.engine import RolloutEngine
 
     b = workers * per_worker
-    env_cfg = replace(cfg.env, backend=backend, num_workers=workers, num_envs=b, main_envs=0,
-                      images=bool(cfg.image_size), image_size=cfg.image_size or 128)  # fmt: skip
+    env_cfg = replace(camera_settings(cfg), backend=backend, num_workers=workers, num_envs=b,
+                      main_envs=0)  # fmt: skip
     # Whole waves of B episodes: a last wave that fills only some slots leaves workers idle
     # (the engine refills slots in order, so the first worker's), which is not scaling.
     n_episodes = math.ceil(cfg.env_steps / cfg.max_steps / b) * b
