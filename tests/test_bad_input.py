@@ -74,6 +74,7 @@ CASES = [
     ("bench-scale", ["--backends", "local", "mpi"], "--backends: ['mpi']; valid choices"),
     ("bench-scale", ["--workers", "2", "0"], "--workers"),
     ("bench-scale", ["--env-steps", "0"], "--env-steps"),
+    ("bench-scale", ["--benchmark", "nope"], "valid choices: simulated, metaworld"),
     ("bench-scale", ["--benchmark", "metaworld", "--step-ms", "2"], "--step-ms"),
     ("eval", ["--episodes", "0"], "--episodes"),
     ("fit-verifier", ["--cfn.lr", "nan"], "--cfn.lr"),

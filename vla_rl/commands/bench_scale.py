@@ -103,8 +103,9 @@ def check(cfg: BenchScaleConfig) -> None:
             raise ConfigError(
                 f"--{name.replace('_', '-')} must be integers >= 1, got {list(values)}"
             )
-    from vla_rl.core.registry import BACKENDS
+    from vla_rl.core.registry import BACKENDS, BENCHMARKS, check_choice
 
+    check_choice("benchmark", cfg.benchmark, ["simulated", *BENCHMARKS.names()])
     bad = [b for b in cfg.backends if b not in BACKENDS]
     if bad or not cfg.backends:
         raise ConfigError(
