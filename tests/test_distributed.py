@@ -111,7 +111,8 @@ def _case() -> dict:
 
 
 def _update(case: dict) -> dict:
-    """One policy_update (KL to a reference, entropy bonus, 2 epochs) and one PPO critic update
+    """One policy_update (KL to a reference, entropy bonus, 2 epochs, a third of the episodes
+    dropped) and one PPO critic update
     from the case's initial weights; whatever process group is active does the rest."""
     traj = case["traj"]
     policy = copy.deepcopy(case["policy"])
@@ -121,6 +122,7 @@ def _update(case: dict) -> dict:
                               kl_coef=0.1, entropy_coef=0.01)  # fmt: skip
     optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr)
     keep = torch.ones(traj.batch_size, dtype=torch.bool)
+    keep[::3] = False  # dropped groups: in the KL's mean, not in the policy gradient's
     shuffle = torch.Generator().manual_seed(0)
     metrics = policy_update(policy, optimizer, traj, case["adv"], keep, pg, reference, shuffle)
     torch.manual_seed(1)  # the critic's initialisation and minibatch order

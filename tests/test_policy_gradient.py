@@ -208,6 +208,66 @@ def test_zero_advantages_leave_the_policy_unchanged():
     assert all(torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
 
 
+def test_kl_anchor_covers_dropped_groups_and_the_gradient_only_kept_ones():
+    """One SGD step (lr 1, one minibatch) against the loss written out by hand: the clipped
+    surrogate averaged over the kept episodes' valid steps, plus kl_coef times the k3 KL to
+    the reference averaged over every episode's valid steps (dropped groups included)."""
+    reference = tiny_flow()
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():  # a policy that has moved off its reference
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    traj = toy_trajectories(policy)
+    traj.valid[-3:, ::2] = False
+    keep = torch.zeros(traj.batch_size, dtype=torch.bool)
+    keep[:2] = True  # episodes 2.. are dropped groups
+    adv = (torch.linspace(-1, 1, traj.batch_size)[None] * traj.valid).clone()
+    pg = PolicyGradientConfig(minibatch_size=10_000, reduction="token", kl_coef=0.5,
+                              grad_clip=1e9)  # fmt: skip
+
+    def by_hand() -> torch.nn.Module:
+        p = copy.deepcopy(policy)
+        t_all, b_all = torch.nonzero(traj.valid, as_tuple=True)
+        with torch.no_grad():
+            old, _ = p.log_prob_terms(traj.gather_obs(t_all, b_all),
+                                      traj.gather_samples(t_all, b_all))  # fmt: skip
+            ref, _ = reference.log_prob_terms(traj.gather_obs(t_all, b_all),
+                                              traj.gather_samples(t_all, b_all))  # fmt: skip
+        new, _ = p.log_prob_terms(traj.gather_obs(t_all, b_all), traj.gather_samples(t_all, b_all))
+        kept = keep[b_all]
+        surrogate, _ = clipped_surrogate(new[kept] - old[kept], adv[t_all, b_all][kept, None],
+                                         pg.clip_low, pg.clip_high)  # fmt: skip
+        loss = surrogate.mean() + pg.kl_coef * k3_kl(ref - new).mean()
+        loss.backward()
+        with torch.no_grad():
+            for q in p.parameters():
+                q -= q.grad
+        return p
+
+    p = copy.deepcopy(policy)
+    opt = torch.optim.SGD(p.parameters(), lr=1.0)
+    metrics = policy_update(p, opt, traj, adv, keep, pg, reference, torch.Generator())
+    expected = by_hand()
+    for (name, a), b in zip(p.named_parameters(), expected.parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    assert metrics["samples"] == traj.valid[:, :2].sum()
+    assert metrics["kl_samples"] == traj.valid.sum() and metrics["kl_to_reference"] > 0
+
+    # Without a reference the dropped episodes do not enter at all: all-dropped data is a no-op
+    # on them, so poisoning their steps changes nothing.
+    pg0 = PolicyGradientConfig(minibatch_size=10_000, reduction="token")
+    runs = []
+    for poison in (False, True):
+        t = copy.deepcopy(traj)
+        if poison:
+            t.obs["state"][:, 2:] = 1e3
+        q = copy.deepcopy(policy)
+        policy_update(q, torch.optim.SGD(q.parameters(), lr=1.0), t, adv, keep, pg0, None,
+                      torch.Generator())  # fmt: skip
+        runs.append(q)
+    assert all(torch.equal(a, b) for a, b in zip(runs[0].parameters(), runs[1].parameters()))
+
+
 def test_lora_update_trains_adapters_and_merges_into_a_plain_checkpoint(tmp_path):
     from vla_rl.core.policy import load_policy
     from vla_rl.rl.lora import add_lora, merge_lora

@@ -50,6 +50,11 @@ class GRPOConfig(PolicyGradientConfig):
     """Drop groups whose success rate is below this (SRPO: 0.1)."""
     filter_high: float = 0.9
     """Drop groups whose success rate is above this (SRPO: 0.9)."""
+    kl_coef: float = 0.04
+    """k3 KL to the frozen base on every rollout, dropped groups included: DeepSeekMath's GRPO
+    beta (0.04; SRPO's released scripts: 0). Ours for multi-task runs: a group with no contrast
+    is dropped, so without the anchor nothing holds a task whose groups all fail while the
+    other tasks move the shared weights (docs/RESULTS.md, MT10 seed 2)."""
     keep_scored_failures: bool = True
     """Keep an all-failure group anyway when its rollouts' rewards differ: SRPO's progress
     reward ranks failures (against the task's successes, or its demonstrations when the batch

@@ -192,25 +192,35 @@ def policy_update(
     reference: BasePolicy | None,
     rng: torch.Generator,
 ) -> dict[str, float]:
-    """Clipped policy-gradient steps on the valid steps of the kept episodes.
+    """Clipped policy-gradient steps on the valid steps of the kept episodes, plus (with a
+    reference) kl_coef times the k3 KL to it on the valid steps of every episode.
 
     advantages (T, B): per decision step; keep (B,) bool. Returns the step's metrics: clip
     fraction, approx-KL (k3, new vs old), entropy per part, gradient norm (before clipping),
     policy loss, and KL to the reference when kl_coef > 0.
     """
-    t_idx, b_idx = torch.nonzero(traj.valid & keep[None], as_tuple=True)
+    # The policy gradient trains on the kept groups; the KL to the reference anchors every
+    # rollout of the step, dropped groups included: a dropped group carries no contrast, so
+    # without the anchor nothing holds a task whose groups all fail (or all succeed) while the
+    # other tasks' gradients move the shared weights (MT10 grpo seed 2 lost drawer-open-v3
+    # that way, docs/RESULTS.md). Without a reference the two sets are the same.
+    scored = traj.valid & (keep[None] | (reference is not None))
+    t_idx, b_idx = torch.nonzero(scored, as_tuple=True)
     if len(t_idx) == 0:
         return {}
     adv = advantages[t_idx, b_idx]
+    trained = keep[b_idx]  # (S,) the steps of kept groups
     # Data-parallel (vla_rl.rl.distributed; identities without a process group): the N ranks
     # hold the same batch, weights and `rng`, score their shard of the old log-probs and train
-    # on their shard of every minibatch. Rule: a rank's loss is its shard's mean times
-    # N * len(shard) / len(minibatch), so the mean over ranks of the gradients is the gradient
-    # of the whole minibatch's mean loss, unequal shards included (every term below is a mean
-    # over samples that each have the same number of parts). Metrics are weighted alike.
+    # on their shard of every minibatch. Rule: a term that is a mean over a set of the
+    # minibatch's samples enters a rank's loss as its shard's mean times N * (the shard's part
+    # of that set), so the mean over ranks of the gradients is the gradient of the whole
+    # minibatch's loss, unequal shards included (every sample has the same number of parts).
+    # The policy-gradient terms are means over the minibatch's kept steps, the KL a mean over
+    # all of them. Metrics are weighted alike.
     rank, world_size = world()
 
-    def score_all(p: BasePolicy) -> torch.Tensor:  # (S, N) for every kept step
+    def score_all(p: BasePolicy) -> torch.Tensor:  # (S, N) for every scored step
         if world_size == 1 or len(t_idx) < world_size:
             return score(p, traj, t_idx, b_idx, pg.minibatch_size)
         mine = shard(torch.arange(len(t_idx)), rank, world_size)
@@ -219,8 +229,8 @@ def policy_update(
 
     old = score_all(policy)  # recomputed, not sampling-time
     ref = score_all(reference) if reference else None
-    names = ["policy_loss", *(["kl_to_reference"] if ref is not None else []),
-             "clip_fraction", "approx_kl", "entropy"]  # fmt: skip
+    gradient_terms = ["policy_loss", "clip_fraction", "approx_kl", "entropy"]
+    names = [*gradient_terms, *(["kl_to_reference"] if ref is not None else [])]
     sums: dict[str, float] = {}
     count = 0
     trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -231,43 +241,59 @@ def policy_update(
             minibatch = order[i : i + pg.minibatch_size]
             mb = shard(minibatch, rank, world_size)
             share = len(mb) / len(minibatch)  # this rank's part of the minibatch mean
+            mine = trained[mb]  # (len(mb),) which of this shard's steps the gradient trains on
+            kept_total = int(trained[minibatch].sum())  # the same on every rank
+            kept_share = int(mine.sum()) / kept_total if kept_total else 0.0
             optimizer.zero_grad(set_to_none=True)
             metrics = dict.fromkeys(names, 0.0)  # an empty shard adds nothing
             if len(mb):
                 t, b = t_idx[mb], b_idx[mb]
                 obs, samples = traj.gather_obs(t, b), traj.gather_samples(t, b)
                 terms, entropy = policy.log_prob_terms(obs, samples)
-                new_lp = reduce_terms(terms, pg.reduction)  # (S, M)
-                log_ratio = new_lp - reduce_terms(old[mb], pg.reduction)
-                loss_parts, clipped = clipped_surrogate(
-                    log_ratio, adv[mb, None], pg.clip_low, pg.clip_high, pg.dual_clip
-                )
-                loss = loss_parts.mean()
-                entropy_per_part = entropy / terms.shape[1]  # (S,) per token or (step, dim)
-                metrics["policy_loss"] = loss.item()
-                if pg.entropy_coef:
-                    loss = loss - pg.entropy_coef * entropy_per_part.mean()
+                new_lp = reduce_terms(terms, pg.reduction)  # (len(mb), M)
+                loss = new_lp.new_zeros(())
+                if mine.any():
+                    log_ratio = new_lp[mine] - reduce_terms(old[mb][mine], pg.reduction)
+                    loss_parts, clipped = clipped_surrogate(
+                        log_ratio, adv[mb][mine, None], pg.clip_low, pg.clip_high, pg.dual_clip
+                    )
+                    pg_loss = loss_parts.mean()
+                    entropy_per_part = entropy[mine] / terms.shape[1]  # per token or (step, dim)
+                    metrics.update(
+                        policy_loss=pg_loss.item(),
+                        clip_fraction=float(clipped.float().mean()),
+                        approx_kl=float(k3_kl(log_ratio.detach()).mean()),
+                        entropy=entropy_per_part.mean().item(),
+                    )
+                    if pg.entropy_coef:
+                        pg_loss = pg_loss - pg.entropy_coef * entropy_per_part.mean()
+                    loss = loss + pg_loss * (kept_share * world_size)
                 if ref is not None:
                     kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean()
-                    loss = loss + pg.kl_coef * kl
+                    loss = loss + pg.kl_coef * kl * (share * world_size)
                     metrics["kl_to_reference"] = kl.item()
-                (loss * (share * world_size)).backward()
-                metrics.update(
-                    clip_fraction=float(clipped.float().mean()),
-                    approx_kl=float(k3_kl(log_ratio.detach()).mean()),
-                    entropy=entropy_per_part.mean().item(),
-                )
+                loss.backward()
             average_gradients(trainable)  # before clipping: the norm is the whole minibatch's
             grad_norm = torch.nn.utils.clip_grad_norm_(trainable, pg.grad_clip)
             optimizer.step()
-            metrics["grad_norm"] = float(grad_norm)  # the same on every rank
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + share * v
+                weight = kept_share if k in gradient_terms else share
+                sums[k] = sums.get(k, 0.0) + weight * v
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) / world_size
             count += 1
     totals = all_sum(list(sums.values()))  # the ranks' shares add up to the minibatch's value
     out = {k: v / count for k, v in zip(sums, totals)}
-    out["samples"] = float(len(t_idx))
+    out["samples"] = float(int(trained.sum()))
+    if ref is not None:
+        out["kl_samples"] = float(len(t_idx))
     return out
+
+
+def per_task_success(traj: Trajectories) -> dict[str, float]:
+    """success/<task>: the training rollouts' success rate of each task in the batch."""
+    tasks = np.asarray(traj.tasks)
+    success = traj.success.numpy()
+    return {f"success/{t}": float(success[tasks == t].mean()) for t in sorted(set(traj.tasks))}
 
 
 # ---- the method interface ------------------------------------------------------------------
@@ -451,6 +477,8 @@ def train_on_policy(
             metrics["episodes_rerun"] = float(engine.last_stats.episodes_rerun)  # lost workers
             metrics.update(success_rate=float(traj.success.float().mean()),
                            episodes=float(len(records)), **timing)  # fmt: skip
+            if len(names) > 1:  # per task: a task that collapses shows here before an eval
+                metrics.update(per_task_success(traj))
             bar.update(steps)
             if main:  # the one writer; the postfix reads the curve, which only rank 0 has
                 logger.log(state["env_steps"], {f"train/{k}": v for k, v in metrics.items()})
