@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 from toy_benchmark import ToyBenchmark
 
 from vla_rl.core.benchmark import EnvConfig, group_episodes
@@ -40,6 +41,14 @@ from vla_rl.rl.distributed import (
     shard,
     shard_bounds,
     world,
+)
+from vla_rl.rl.fsdp import (
+    full_optimizer_state,
+    full_state_dict,
+    is_sharded,
+    keyed_by_name,
+    load_optimizer_state,
+    shard_layers,
 )
 from vla_rl.rollout.engine import RolloutEngine
 
@@ -110,17 +119,19 @@ def _case() -> dict:
     return {"policy": policy, "traj": traj, "adv": adv.clone()}
 
 
-def _update(case: dict) -> dict:
+def _update(case: dict, fsdp: bool = False) -> dict:
     """One policy_update (KL to a reference, entropy bonus, 2 epochs, a third of the episodes
-    dropped) and one PPO critic update
-    from the case's initial weights; whatever process group is active does the rest."""
+    dropped) and one PPO critic update from the case's initial weights; whatever process group
+    is active does the rest. fsdp: the policy's and the reference's layers sharded over it."""
     traj = case["traj"]
     policy = copy.deepcopy(case["policy"])
     reference = copy.deepcopy(case["policy"]).eval().requires_grad_(False)
     broadcast_parameters(policy)  # equal already; a launch would rely on it after init
+    if fsdp:
+        assert shard_layers(policy) > 0 and shard_layers(reference) > 0 and is_sharded(policy)
     pg = PolicyGradientConfig(lr=1e-2, epochs=2, minibatch_size=MINIBATCH, reduction="token",
                               kl_coef=0.1, entropy_coef=0.01)  # fmt: skip
-    optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr, foreach=False if fsdp else None)
     keep = torch.ones(traj.batch_size, dtype=torch.bool)
     keep[::3] = False  # dropped groups: in the KL's mean, not in the policy gradient's
     shuffle = torch.Generator().manual_seed(0)
@@ -130,7 +141,46 @@ def _update(case: dict) -> dict:
               ["left", "right"])  # fmt: skip
     ppo.advantages(traj)
     metrics.update(ppo.extra_update(traj))
-    return {"policy": policy.state_dict(), "critic": ppo.critic.state_dict(), "metrics": metrics}
+    if fsdp:  # between calls each rank holds its slice only, not the gathered weights
+        local = sum(p.to_local().numel() for p in policy.parameters() if isinstance(p, DTensor))
+        assert 0 < local < sum(p.numel() for p in case["policy"].parameters())
+    moments = full_optimizer_state(policy, optimizer) if fsdp else None
+    return {"policy": full_state_dict(policy), "critic": ppo.critic.state_dict(),
+            "metrics": metrics, "moments": moments}  # fmt: skip
+
+
+def _stepped_adam(policy: torch.nn.Module, foreach: bool | None = None) -> torch.optim.Adam:
+    """An Adam with moments: one step from gradients that differ per parameter."""
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-3, foreach=foreach)
+    for i, p in enumerate(policy.parameters()):
+        p.grad = torch.full_like(p, 0.1 * (i + 1))
+    optimizer.step()
+    return optimizer
+
+
+def _resume_across_formats(case: dict) -> None:
+    """A one-process checkpoint's Adam state (torch's, by index) loads into a sharded policy's
+    optimizer, and a sharded one's (by name) into a plain one: the same moments either way."""
+    plain = copy.deepcopy(case["policy"])
+    written = _stepped_adam(plain).state_dict()
+    names = [name for name, _ in plain.named_parameters()]  # the optimizer's order
+    sharded = copy.deepcopy(case["policy"])
+    shard_layers(sharded)
+    reader = torch.optim.Adam(sharded.parameters(), lr=1e-3, foreach=False)
+    load_optimizer_state(sharded, reader, written)
+    assert all(g["foreach"] is False for g in reader.param_groups)  # the reader's, kept
+    back = full_optimizer_state(sharded, reader)  # whole on rank 0, empty on the others
+    if dist.get_rank() == 0:
+        for i, name in enumerate(names):
+            for k, v in written["state"][i].items():
+                assert torch.equal(back["state"][name][k], v), (name, k)
+    by_name = keyed_by_name(plain, torch.optim.Adam(plain.parameters()), written)
+    again = copy.deepcopy(case["policy"])
+    reread = torch.optim.Adam(again.parameters(), lr=1e-3)
+    load_optimizer_state(again, reread, by_name)  # by name, into a plain optimizer
+    for i in range(len(names)):
+        for k, v in written["state"][i].items():
+            assert torch.equal(reread.state_dict()["state"][i][k], v), (names[i], k)
 
 
 def _collectives_by_hand(rank: int) -> None:
@@ -160,7 +210,10 @@ def _worker(rank: int, world_size: int, port: int, path: str) -> None:
     assert init_from_env(timeout_s=60)
     try:
         _collectives_by_hand(rank)
-        torch.save(_update(torch.load(path, weights_only=False)), f"{path}.rank{rank}")
+        case = torch.load(path, weights_only=False)
+        torch.save(_update(case), f"{path}.rank{rank}")
+        torch.save(_update(case, fsdp=True), f"{path}.fsdp.rank{rank}")
+        _resume_across_formats(case)
     finally:
         dist.destroy_process_group()
 
@@ -176,26 +229,34 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     path = str(tmp_path / "case.pt")
     torch.save(case, path)
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
-    ranks = [torch.load(f"{path}.rank{r}", weights_only=False) for r in range(2)]
     single = _update(case)
-
-    for part in ("policy", "critic"):
-        for name, value in single[part].items():
-            # the ranks took the same steps from the same averaged gradients: bit for bit
-            assert torch.equal(ranks[0][part][name], ranks[1][part][name]), name
-            assert torch.allclose(ranks[0][part][name], value, atol=1e-5, rtol=1e-5), name
-        moved = [not torch.equal(v, case["policy"].state_dict()[k])
-                 for k, v in single["policy"].items()]  # fmt: skip
-        assert any(moved)
-    assert single["metrics"].keys() == ranks[0]["metrics"].keys()
-    for name, value in single["metrics"].items():
-        assert ranks[0]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    for kind in ("rank", "fsdp.rank"):  # replicated weights, then sharded layers
+        ranks = [torch.load(f"{path}.{kind}{r}", weights_only=False) for r in range(2)]
+        for part in ("policy", "critic"):
+            for name, value in single[part].items():
+                # the ranks took the same steps from the same averaged gradients: bit for bit
+                assert torch.equal(ranks[0][part][name], ranks[1][part][name]), (kind, name)
+                assert torch.allclose(ranks[0][part][name], value, atol=1e-5, rtol=1e-5), (
+                    kind, name)  # fmt: skip
+            moved = [not torch.equal(v, case["policy"].state_dict()[k])
+                     for k, v in single["policy"].items()]  # fmt: skip
+            assert any(moved)
+        assert single["metrics"].keys() == ranks[0]["metrics"].keys()
+        for name, value in single["metrics"].items():
+            assert ranks[0]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
+                kind, name)  # fmt: skip
     assert single["metrics"]["kl_to_reference"] > 0 and single["metrics"]["value_loss"] > 0
+    # the sharded run's Adam moments, gathered whole, are the one process's
+    state = ranks[0]["moments"]["state"]
+    for name, value in single["policy"].items():
+        if name in state:
+            assert state[name]["exp_avg"].shape == value.shape, name
 
 
 # ---- a whole finetune: 2 gloo ranks against 1 process ------------------------------------------
-def _finetune_config(output_dir: str | None):
-    """grpo on one Meta-World task, two RL steps (test_policy_gradient's end-to-end settings)."""
+def _finetune_config(output_dir: str | None, fsdp: bool = False):
+    """grpo on one Meta-World task, two RL steps (test_policy_gradient's end-to-end settings);
+    `fsdp`: the ranks shard the policy's layers (--grpo.fsdp, no effect in one process)."""
     from vla_rl.commands.finetune import FinetuneConfig
 
     cfg = FinetuneConfig(
@@ -206,10 +267,13 @@ def _finetune_config(output_dir: str | None):
     g = cfg.grpo
     g.episodes_per_step, g.group_size, g.rollout_envs, g.rollout_workers = 16, 4, 4, 0
     g.lr, g.minibatch_size = 1e-3, 16  # a visible change in two steps; 4+ minibatches a step
+    g.fsdp = fsdp
     return cfg
 
 
-def _finetune_worker(rank: int, world_size: int, port: int, root: str, out: str) -> None:
+def _finetune_worker(
+    rank: int, world_size: int, port: int, root: str, out: str, fsdp: bool
+) -> None:
     """One torchrun rank: the environment torchrun sets, then the command's own entry point.
     The run takes the default output directory (runs/finetune/grpo/<timestamp>, under root),
     which each rank names for itself (their timestamps may differ): rank 0 alone creates it."""
@@ -220,7 +284,7 @@ def _finetune_worker(rank: int, world_size: int, port: int, root: str, out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))  # fmt: skip
     try:
-        res = finetune(_finetune_config(None))
+        res = finetune(_finetune_config(None, fsdp))
         assert dist.is_initialized() and world() == (rank, world_size)
         torch.save(res, os.path.join(out, f"result.rank{rank}"))
     finally:
@@ -229,13 +293,16 @@ def _finetune_worker(rank: int, world_size: int, port: int, root: str, out: str)
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_finetune_like_one_process(tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
+def test_two_gloo_ranks_finetune_like_one_process(tmp_path, fsdp):
+    """The whole command under torchrun: eval points, checkpoints and the written policy; with
+    fsdp the ranks gather the sharded weights for each of them (vla_rl.rl.fsdp)."""
     from vla_rl.commands.finetune import finetune
 
     root = tmp_path / "ranks"
     root.mkdir()
-    torch.multiprocessing.spawn(_finetune_worker, args=(2, _free_port(), str(root), str(tmp_path)),
-                                nprocs=2, join=True)  # fmt: skip
+    args = (2, _free_port(), str(root), str(tmp_path), fsdp)
+    torch.multiprocessing.spawn(_finetune_worker, args=args, nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"result.rank{r}", weights_only=False) for r in range(2)]
     res = finetune(_finetune_config(str(tmp_path / "single")))
 

@@ -50,6 +50,15 @@ from vla_rl.rl.distributed import (
     shard,
     world,
 )
+from vla_rl.rl.fsdp import (
+    by_name,
+    clip_grad_norm,
+    full_optimizer_state,
+    full_state_dict,
+    is_sharded,
+    load_optimizer_state,
+    shard_layers,
+)
 from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
 from vla_rl.rollout.engine import RolloutEngine
 from vla_rl.runs.checkpoint import save_checkpoint
@@ -106,6 +115,11 @@ class PolicyGradientConfig:
     VLA-RL and SRPO train 7B bases with rank 32."""
     lora_alpha: float = 16.0
     """LoRA alpha (VLA-RL: 16)."""
+    fsdp: bool = False
+    """Under torchrun, shard each layer's weights, gradients and Adam moments over the ranks
+    (FSDP2, vla_rl.rl.fsdp) instead of replicating them: for a policy that does not fit one
+    device. The update is the replicated one's (tests/test_distributed.py). No effect in one
+    process; not with lora_rank > 0."""
     rollout_envs: int = 16
     """Env slots of the training rollouts (eval points use --env). On-policy steps alternate
     rollout and update, so rollouts get every core."""
@@ -166,6 +180,8 @@ def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
         raise ConfigError(f"--{flag}.rollout-workers must be >= 0, got {pg.rollout_workers}")
     if pg.grad_clip <= 0 or pg.kl_coef < 0:
         raise ConfigError(f"--{flag}.grad-clip must be > 0 and --{flag}.kl-coef >= 0")
+    if pg.fsdp and pg.lora_rank:
+        raise ConfigError(f"--{flag}.fsdp shards whole layers; use it with --{flag}.lora-rank 0")
     check_reward_names(pg.reward, pg.reward_weights, flag)
     if "critic" in pg.reward:
         check_critic_reward(pg.critic, pg.shaping, flag)
@@ -213,18 +229,28 @@ def policy_update(
     # Data-parallel (vla_rl.rl.distributed; identities without a process group): the N ranks
     # hold the same batch, weights and `rng`, score their shard of the old log-probs and train
     # on their shard of every minibatch. Rule: a term that is a mean over a set of the
-    # minibatch's samples enters a rank's loss as its shard's mean times N * (the shard's part
-    # of that set), so the mean over ranks of the gradients is the gradient of the whole
-    # minibatch's loss, unequal shards included (every sample has the same number of parts).
-    # The policy-gradient terms are means over the minibatch's kept steps, the KL a mean over
-    # all of them. Metrics are weighted alike.
+    # minibatch's samples enters a rank's loss as the sum over its shard's part of the set,
+    # times N / (the set's size in the whole minibatch), so the mean over ranks of the
+    # gradients is the gradient of the whole minibatch's loss, unequal shards included. The
+    # policy-gradient terms are means over the minibatch's kept steps, the KL a mean over all
+    # of them. Metrics are weighted alike.
     rank, world_size = world()
+    # Sharded weights (--<method>.fsdp, vla_rl.rl.fsdp): every forward and backward gathers or
+    # reduces weights with the other ranks, so every rank makes the same calls: shards are
+    # padded to the largest with repeats of a real step, and the padding enters no term.
+    lockstep = world_size > 1 and is_sharded(policy)
+
+    def padded(rows: torch.Tensor, size: int, fill: torch.Tensor) -> torch.Tensor:
+        if not lockstep or len(rows) == size:
+            return rows
+        return torch.cat([rows, fill[:1].expand(size - len(rows))])
 
     def score_all(p: BasePolicy) -> torch.Tensor:  # (S, N) for every scored step
         if world_size == 1 or len(t_idx) < world_size:
             return score(p, traj, t_idx, b_idx, pg.minibatch_size)
         mine = shard(torch.arange(len(t_idx)), rank, world_size)
-        local = score(p, traj, t_idx[mine], b_idx[mine], pg.minibatch_size)
+        rows = padded(mine, -(-len(t_idx) // world_size), torch.zeros(1, dtype=torch.long))
+        local = score(p, traj, t_idx[rows], b_idx[rows], pg.minibatch_size)[: len(mine)]
         return gather_shards(local, len(t_idx))
 
     old = score_all(policy)  # recomputed, not sampling-time
@@ -240,41 +266,48 @@ def policy_update(
         for i in range(0, len(order), pg.minibatch_size):
             minibatch = order[i : i + pg.minibatch_size]
             mb = shard(minibatch, rank, world_size)
-            share = len(mb) / len(minibatch)  # this rank's part of the minibatch mean
-            mine = trained[mb]  # (len(mb),) which of this shard's steps the gradient trains on
+            real = len(mb)
+            share = real / len(minibatch)  # this rank's part of the minibatch mean
+            mine = trained[mb]  # (real,) which of this shard's steps the gradient trains on
             kept_total = int(trained[minibatch].sum())  # the same on every rank
             kept_share = int(mine.sum()) / kept_total if kept_total else 0.0
             optimizer.zero_grad(set_to_none=True)
             metrics = dict.fromkeys(names, 0.0)  # an empty shard adds nothing
-            if len(mb):
-                t, b = t_idx[mb], b_idx[mb]
+            if real or lockstep:
+                rows = padded(mb, -(-len(minibatch) // world_size), minibatch)
+                t, b = t_idx[rows], b_idx[rows]
                 obs, samples = traj.gather_obs(t, b), traj.gather_samples(t, b)
                 terms, entropy = policy.log_prob_terms(obs, samples)
-                new_lp = reduce_terms(terms, pg.reduction)  # (len(mb), M)
-                loss = new_lp.new_zeros(())
+                all_lp = reduce_terms(terms, pg.reduction)  # (rows, M)
+                # the padding's zero keeps every sharded layer in the backward on every rank
+                loss = 0.0 * all_lp.sum() if lockstep else all_lp.new_zeros(())
+                new_lp = all_lp[:real]
                 if mine.any():
                     log_ratio = new_lp[mine] - reduce_terms(old[mb][mine], pg.reduction)
                     loss_parts, clipped = clipped_surrogate(
                         log_ratio, adv[mb][mine, None], pg.clip_low, pg.clip_high, pg.dual_clip
                     )
-                    pg_loss = loss_parts.mean()
-                    entropy_per_part = entropy[mine] / terms.shape[1]  # per token or (step, dim)
+                    pg_sum = loss_parts.mean(1).sum()  # over the kept steps of the shard
+                    entropy_per_part = entropy[:real][mine] / terms.shape[1]  # per token/part
                     metrics.update(
-                        policy_loss=pg_loss.item(),
+                        policy_loss=loss_parts.mean().item(),
                         clip_fraction=float(clipped.float().mean()),
                         approx_kl=float(k3_kl(log_ratio.detach()).mean()),
                         entropy=entropy_per_part.mean().item(),
                     )
                     if pg.entropy_coef:
-                        pg_loss = pg_loss - pg.entropy_coef * entropy_per_part.mean()
-                    loss = loss + pg_loss * (kept_share * world_size)
-                if ref is not None:
-                    kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean()
-                    loss = loss + pg.kl_coef * kl * (share * world_size)
-                    metrics["kl_to_reference"] = kl.item()
+                        pg_sum = pg_sum - pg.entropy_coef * entropy_per_part.sum()
+                    loss = loss + pg_sum * (world_size / kept_total)
+                if ref is not None and real:
+                    kl = k3_kl(reduce_terms(ref[mb], pg.reduction) - new_lp).mean(1)  # (real,)
+                    loss = loss + pg.kl_coef * kl.sum() * (world_size / len(minibatch))
+                    metrics["kl_to_reference"] = kl.mean().item()
                 loss.backward()
             average_gradients(trainable)  # before clipping: the norm is the whole minibatch's
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, pg.grad_clip)
+            if lockstep:
+                grad_norm = clip_grad_norm(trainable, pg.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, pg.grad_clip)
             optimizer.step()
             for k, v in metrics.items():
                 weight = kept_share if k in gradient_terms else share
@@ -383,6 +416,7 @@ def train_on_policy(
             "flow, diffusion and tokenvla have them; use --method residual for others)"
         )
     policy = copy.deepcopy(base)
+    sharded = pg.fsdp and world_size > 1
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     shuffle = torch.Generator().manual_seed(cfg.seed)
@@ -394,22 +428,46 @@ def train_on_policy(
     method = method_cls(pg, policy, benchmark, names)
     # rewards that need reference data (SRPO's demonstrations) get it before anything is written
     method.reward.prepare(RewardContext(benchmark, train_tasks, cfg.env))
-    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
 
     state: dict[str, Any] = {"env_steps": 0, "rl_steps": 0, "episodes": 0, "wall_s": 0.0,
                              "curve": [], "timing": []}  # fmt: skip
-    if saved is not None:
-        learner = setup.saved_tree
+    learner = setup.saved_tree if saved is not None else None
+    if learner is not None:
         policy.load_state_dict(learner["policy"])
-        optimizer.load_state_dict(learner["optimizer"])
+    if world_size > 1:  # rank 0's weights everywhere, whatever a rank's initialisation drew
+        broadcast_parameters(policy)  # (the reference is the base as read from disk)
+    if sharded:  # each rank keeps its slice of the (equal) weights; an unsharded copy evaluates
+        shard_layers(policy)
+        if reference is not None:
+            shard_layers(reference)
+    # Adam's fused multi-tensor path cannot mix shards and plain tensors
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr,
+                                 foreach=False if sharded else None)  # fmt: skip
+    if learner is not None:
+        if sharded or by_name(learner["optimizer"]):  # a sharded run's is keyed by name
+            load_optimizer_state(policy, optimizer, learner["optimizer"])
+        else:
+            optimizer.load_state_dict(learner["optimizer"])
         method.load_state_dict(learner["method"])
         torch.random.set_rng_state(learner["torch_rng"])
         state = saved
         rng.bit_generator.state = state.pop("numpy_rng")
         shuffle.set_state(learner["shuffle_rng"])  # the minibatch order continues exactly
-    if world_size > 1:  # rank 0's weights everywhere, whatever a rank's initialisation drew
-        broadcast_parameters(policy)  # (the reference is the base as read from disk)
+    if world_size > 1:
         method.load_state_dict(broadcast_object(method.state_dict()))  # PPO's critic
+
+    def unsharded() -> BasePolicy:
+        """The policy to evaluate and write: itself, or under --fsdp an unsharded copy of its
+        weights on rank 0 (gathering them is a collective: every rank calls this)."""
+        if not sharded:
+            return policy
+        weights = full_state_dict(policy)
+        if not main:
+            return policy  # unused: rank 0 alone evaluates and writes
+        plain = copy.deepcopy(base)
+        plain.load_state_dict(weights)
+        plain.temperature = policy.temperature
+        return plain
 
     barrier()  # every rank has read the checkpoint and checked the directory: rank 0 may write
     logger = None
@@ -426,8 +484,10 @@ def train_on_policy(
     # Eval points: rank 0 alone (they log, and their curve goes into checkpoints and results;
     # the other ranks' curve stays empty). Evaluation leaves torch's global RNG as it found it
     # (the engine restores it), so the ranks that skip it stay in step.
-    if main and not state["curve"]:  # before any update: the base's own success
-        record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
+    if not state["curve"]:  # before any update: the base's own success
+        view = unsharded()
+        if main:
+            record_eval_point(view, setup, cfg, state, logger, rl_steps=state["rl_steps"])
     bar_cfg = cfg if main else dataclasses.replace(cfg, progress=False)  # one bar, rank 0's
     bar = training_bar(bar_cfg, state, f"{name} {','.join(names)}", smoothing=0.3,
                        checkpoints=f"every {pg.save_every} RL step(s)")  # fmt: skip
@@ -487,12 +547,20 @@ def train_on_policy(
 
             # -- evaluate and checkpoint (rank 0: the eval points, the one writer) ---------
             done = state["env_steps"] >= cfg.env_steps
-            if evals.due(state["env_steps"], done) and main:
-                record_eval_point(policy, setup, cfg, state, logger, rl_steps=state["rl_steps"])
-            if main and (state["rl_steps"] % pg.save_every == 0 or done):
+            if evals.due(state["env_steps"], done):
+                view = unsharded()
+                if main:
+                    record_eval_point(view, setup, cfg, state, logger, rl_steps=state["rl_steps"])
+            if state["rl_steps"] % pg.save_every == 0 or done:
                 # Training weights (LoRA adapters included), optimizer, the method's own parts
                 # (PPO's critic) and torch's RNG; counters, curve and numpy's RNG in state.json.
-                learner = {"policy": policy.state_dict(), "optimizer": optimizer.state_dict(),
+                # Under --fsdp the weights and Adam's moments are gathered whole (a collective),
+                # so the checkpoint resumes on any number of ranks.
+                weights = full_state_dict(policy) if sharded else policy.state_dict()
+                moments = (full_optimizer_state(policy, optimizer) if sharded
+                           else optimizer.state_dict())  # fmt: skip
+            if main and (state["rl_steps"] % pg.save_every == 0 or done):
+                learner = {"policy": weights, "optimizer": moments,
                            "method": method.state_dict(),
                            "torch_rng": torch.random.get_rng_state(),
                            "shuffle_rng": shuffle.get_state()}  # fmt: skip
@@ -508,6 +576,7 @@ def train_on_policy(
     if trainable is not None:
         merge_lora(policy)  # the result is a plain checkpoint of the base's family
     policy.temperature = type(policy).temperature
+    result_policy = unsharded()
     timing = {k: round(float(np.mean([t[k] for t in state["timing"]])), 2)
               for k in ("rollout_s", "reward_s", "update_s")}  # fmt: skip
     extra = {
@@ -523,6 +592,6 @@ def train_on_policy(
     results = None
     if main:  # the result's files and the final evaluation: written once, by rank 0
         title = f"{name} on {cfg.base}: {', '.join(names)}"
-        results = finish_run(policy, setup, cfg, state, title, extra)
+        results = finish_run(result_policy, setup, cfg, state, title, extra)
     # rank 0's results on every rank (the caller prints them), once its files are written
     return broadcast_object(results)

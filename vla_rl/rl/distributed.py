@@ -96,12 +96,15 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     instead of one per tensor. A rank whose shard did not touch a parameter (grad None) adds
     zeros, which is its true gradient; a parameter without a gradient on every rank keeps None,
     so optimizers that skip such parameters (Adam's moments) behave as in one process. Each
-    bucket carries one presence flag per parameter to tell the two apart."""
+    bucket carries one presence flag per parameter to tell the two apart. Shards of an FSDP
+    layer (vla_rl.rl.fsdp) are skipped: FSDP reduces their gradients itself."""
     if not _active() or dist.get_world_size() == 1:
         return
     world_size = dist.get_world_size()
     buckets: dict[tuple[torch.device, torch.dtype], list[torch.nn.Parameter]] = {}
     for p in params:
+        if _is_shard(p):  # FSDP's own reduce-scatter has averaged it (vla_rl.rl.fsdp)
+            continue
         buckets.setdefault((p.device, p.dtype), []).append(p)
     for (device, dtype), group in buckets.items():
         grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in group]
@@ -113,6 +116,12 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
         *summed, flags = flat.split([*sizes, len(group)])
         for p, g, flag in zip(group, summed, flags):
             p.grad = (g / world_size).view_as(p) if flag > 0 else None
+
+
+def _is_shard(p: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(p, DTensor)
 
 
 def broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
