@@ -17,7 +17,7 @@ needs_ray = pytest.mark.skipif(
 
 @needs_ray
 @pytest.mark.ray
-def test_the_ray_started_here_runs_env_workers_at_niceness_0():
+def test_the_ray_started_here_runs_env_workers_at_niceness_0(monkeypatch):
     import ray
 
     from vla_rl.rollout.ray_backend import connect
@@ -30,6 +30,9 @@ def test_the_ray_started_here_runs_env_workers_at_niceness_0():
         def niceness(self) -> int:
             return os.nice(0)
 
+    # without --env.ray-address a Ray of its own, even where the environment names a cluster
+    # (ray.init() without an address would try to join it, and fail: nothing listens there)
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     connect(ray, None, 1)
     try:
         assert ray.get(Probe.remote().niceness.remote(), timeout=120) == os.nice(0)

@@ -8,7 +8,7 @@ restarts on the head node, and the rollout ends with the same records.
 The cluster lives in a subprocess (`scenario`, below): a Cluster cannot share a process with the
 2-CPU Ray that tests/test_ray_backend.py starts, and its own Ray temp dir (RAY_TMPDIR) keeps
 its address file from other drivers on this machine (a `ray.init()` without an address joins
-the cluster named there). The subprocess pickles what it saw; the tests compare it here.
+the cluster named there). The subprocess writes what it saw as JSON; the tests compare it here.
 
 Placement is forced by CPU counts, not left to Ray's scheduler: the head node has 3 CPUs, the
 second node 1. A one-worker env of 2 CPUs, which only the head fits, joins the cluster first;
@@ -19,8 +19,8 @@ is removed leaves the head room for the lost worker.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import pickle
 import re
 import shutil
 import subprocess
@@ -85,7 +85,7 @@ class HookedPolicy(KeyedNoisyPolicy):
 
 # ---- the scenario, run in a subprocess -------------------------------------------------------
 def scenario(out_path: str) -> None:
-    """Start the 2-node cluster, run the backend on it and pickle what happened to out_path."""
+    """Start the 2-node cluster, run the backend on it and write what happened to out_path."""
     import ray
     import torch
     from ray.cluster_utils import Cluster
@@ -110,7 +110,15 @@ def scenario(out_path: str) -> None:
         def cfg(**kw):
             return EnvConfig(backend="ray", ray_address=cluster.address, step_timeout_s=60.0, **kw)
 
-        # The first env joins the cluster (connect, by address); it holds 2 of the head's CPUs.
+        # A worker bigger than every node (the cluster's 4 CPUs in all would hold it) is
+        # refused at once, not left to wait for ever; this first env joins the cluster.
+        start = time.monotonic()
+        try:
+            bench.make_env([], cfg(num_envs=1, num_workers=1, ray_worker_cpus=HEAD_CPUS + 0.5))
+        except Exception as e:  # noqa: BLE001 - the test checks what it was
+            out["too_big"] = f"{type(e).__name__}: {e}"
+        out["t_too_big"] = time.monotonic() - start
+        # Then an env that holds 2 of the head's CPUs.
         holder = bench.make_env([], cfg(num_envs=1, num_workers=1, ray_worker_cpus=2.0))
         envs.append(holder)
         out["joined"] = ray.get_runtime_context().gcs_address
@@ -145,15 +153,24 @@ def scenario(out_path: str) -> None:
             env.close()
         ray.shutdown()
         cluster.shutdown()
-    with open(out_path, "wb") as f:
-        pickle.dump(out, f)
+    Path(out_path).write_text(json.dumps(out, default=_numpy_to_json))
+
+
+def _numpy_to_json(x):
+    """json.dumps' fallback for the numpy values in records (floats round-trip exactly)."""
+    return x.tolist()
+
+
+def as_json(x):
+    """x as the scenario's JSON gives it back (tuples become lists), to compare with it."""
+    return json.loads(json.dumps(x, default=_numpy_to_json))
 
 
 # ---- fixtures --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def multinode(tmp_path_factory):
     """What `scenario` saw, run once for the module in a subprocess."""
-    out = tmp_path_factory.mktemp("multinode") / "result.pkl"
+    out = tmp_path_factory.mktemp("multinode") / "result.json"
     # Short: Ray's unix sockets live under it (a path of at most 107 bytes).
     ray_tmp = tempfile.mkdtemp(prefix="vlarl-ray-", dir="/tmp")
     env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_worker_niceness="0", HF_HUB_OFFLINE="1")
@@ -174,14 +191,14 @@ def multinode(tmp_path_factory):
     assert proc.returncode == 0, (
         f"the scenario failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     )
-    return pickle.loads(out.read_bytes())
+    return json.loads(out.read_text())
 
 
 @pytest.fixture(scope="module")
 def local_records():
     venv = ToyBenchmark().make_env([], EnvConfig(num_envs=4, num_workers=0))
     try:
-        return rollout(venv, CHUNKED, grpo_batch())[0]
+        return as_json(rollout(venv, CHUNKED, grpo_batch())[0])
     finally:
         venv.close()
 
@@ -198,6 +215,15 @@ def test_the_driver_joins_the_cluster_by_its_address(multinode):
     assert multinode["cluster_cpus"] == HEAD_CPUS + NODE_CPUS
     # the 2-CPU env fits the head only
     assert [node for node, _ in multinode["holder_where"]] == [multinode["head"]]
+
+
+@needs_ray
+@pytest.mark.ray
+def test_a_worker_bigger_than_every_node_is_refused_at_once(multinode):
+    assert HEAD_CPUS + 0.5 <= HEAD_CPUS + NODE_CPUS  # the cluster's total would hold it
+    assert "largest node of the Ray cluster has 3" in multinode["too_big"], multinode["too_big"]
+    assert "--env.ray-worker-cpus" in multinode["too_big"]
+    assert multinode["t_too_big"] < 30
 
 
 @needs_ray

@@ -190,6 +190,16 @@ class RaySlotEnv:
         """An actor that asks for more CPUs than the cluster has, or than are free, waits for
         ever, silently (a known trap: ray-project/ray #47792, verl PR #6663): say so instead.
         CPUs other actors just released take a moment to show as free: wait FREE_WAIT_S."""
+        # An actor runs on one node: one bigger than every node waits for ever too, however
+        # many CPUs the cluster has in all.
+        nodes = [
+            n.get("Resources", {}).get("CPU", 0.0) for n in self._ray.nodes() if n.get("Alive")
+        ]
+        if nodes and worker_cpus > max(nodes):
+            raise WorkerError(
+                f"one env worker asks for {worker_cpus:g} CPUs (--env.ray-worker-cpus), the "
+                f"largest node of the Ray cluster has {max(nodes):g}: lower --env.ray-worker-cpus"
+            )
         need = self.num_workers * worker_cpus
         have = self._ray.cluster_resources().get("CPU", 0.0)
         if need > have:
@@ -409,7 +419,9 @@ def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=max(PRIVATE_CPUS_PER_CORE * (os.cpu_count() or 1),
+        # address "local": a Ray of its own even where RAY_ADDRESS is set or a cluster's
+        # address file is on this machine (address None would join that cluster instead)
+        ray.init(address="local", num_cpus=max(PRIVATE_CPUS_PER_CORE * (os.cpu_count() or 1),
                               math.ceil(cpus_needed)),
                  include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING,
