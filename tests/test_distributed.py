@@ -27,7 +27,9 @@ from vla_rl.core.policy import load_policy
 from vla_rl.core.trajectories import Trajectories
 from vla_rl.methods.on_policy import PolicyGradientConfig, policy_update
 from vla_rl.methods.ppo import PPO, PPOConfig
+from vla_rl.policies.diffusion_chunk import DiffusionChunkPolicy
 from vla_rl.policies.flow_chunk import FlowChunkPolicy
+from vla_rl.policies.token_vla import TokenVLAPolicy
 from vla_rl.rl.distributed import (
     all_equal,
     all_sum,
@@ -48,7 +50,7 @@ from vla_rl.rl.fsdp import (
     is_sharded,
     keyed_by_name,
     load_optimizer_state,
-    shard_layers,
+    shard_policy,
 )
 from vla_rl.rollout.engine import RolloutEngine
 
@@ -95,11 +97,20 @@ def test_init_from_env_names_what_torchrun_would_set(monkeypatch):
 
 
 # ---- 2 gloo processes against 1 ----------------------------------------------------------------
-def _case() -> dict:
-    """A tiny flow policy and grouped toy rollouts with padding; the batch is trimmed so that
-    its kept steps are one more than a multiple of MINIBATCH."""
+FAMILIES = {  # every family with log-prob parts, tiny
+    "flow": lambda: FlowChunkPolicy(2, 1, VOCAB, chunk_size=2, hidden=16, num_flow_steps=2),
+    "diffusion": lambda: DiffusionChunkPolicy(2, 1, VOCAB, chunk_size=2, hidden=16,
+                                              train_steps=10, inference_steps=3),
+    "tokenvla": lambda: TokenVLAPolicy(2, 1, VOCAB, chunk_size=2, hidden=16, layers=1, heads=2,
+                                       max_words=4),
+}  # fmt: skip
+
+
+def _case(family: str = "flow") -> dict:
+    """A tiny policy of the family and grouped toy rollouts with padding; the batch is trimmed
+    so that its kept steps are one more than a multiple of MINIBATCH."""
     torch.manual_seed(0)
-    policy = FlowChunkPolicy(2, 1, VOCAB, chunk_size=2, hidden=16, num_flow_steps=2)
+    policy = FAMILIES[family]()
     bench = ToyBenchmark(horizon=12)
     tasks = bench.tasks("train")
     episodes = group_episodes(tasks, 2, 4, np.random.default_rng(0))
@@ -128,10 +139,10 @@ def _update(case: dict, fsdp: bool = False) -> dict:
     reference = copy.deepcopy(case["policy"]).eval().requires_grad_(False)
     broadcast_parameters(policy)  # equal already; a launch would rely on it after init
     if fsdp:
-        assert shard_layers(policy) > 0 and shard_layers(reference) > 0 and is_sharded(policy)
+        assert shard_policy(policy) >= 1 and shard_policy(reference) >= 1 and is_sharded(policy)
     pg = PolicyGradientConfig(lr=1e-2, epochs=2, minibatch_size=MINIBATCH, reduction="token",
                               kl_coef=0.1, entropy_coef=0.01)  # fmt: skip
-    optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr, foreach=False if fsdp else None)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr)
     keep = torch.ones(traj.batch_size, dtype=torch.bool)
     keep[::3] = False  # dropped groups: in the KL's mean, not in the policy gradient's
     shuffle = torch.Generator().manual_seed(0)
@@ -165,7 +176,7 @@ def _resume_across_formats(case: dict) -> None:
     written = _stepped_adam(plain).state_dict()
     names = [name for name, _ in plain.named_parameters()]  # the optimizer's order
     sharded = copy.deepcopy(case["policy"])
-    shard_layers(sharded)
+    shard_policy(sharded)
     reader = torch.optim.Adam(sharded.parameters(), lr=1e-3, foreach=False)
     load_optimizer_state(sharded, reader, written)
     assert all(g["foreach"] is False for g in reader.param_groups)  # the reader's, kept
@@ -224,13 +235,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
-    case = _case()
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_two_gloo_ranks_match_one_process(tmp_path, family):
+    """Replicated and sharded: the tokenvla family reads its token head's weight outside the
+    head's forward, which sharding layer by layer got wrong (vla_rl.rl.fsdp)."""
+    case = _case(family)
     path = str(tmp_path / "case.pt")
     torch.save(case, path)
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
     single = _update(case)
-    for kind in ("rank", "fsdp.rank"):  # replicated weights, then sharded layers
+    for kind in ("rank", "fsdp.rank"):  # replicated weights, then sharded
         ranks = [torch.load(f"{path}.{kind}{r}", weights_only=False) for r in range(2)]
         for part in ("policy", "critic"):
             for name, value in single[part].items():

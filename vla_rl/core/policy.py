@@ -99,6 +99,12 @@ class BasePolicy(nn.Module, ABC):
         trajectory encoder embeds rollouts with it)."""
         raise NotImplementedError(f"policy {self.policy_type!r} exposes no observation features")
 
+    def fsdp_units(self) -> list[torch.nn.Module]:
+        """Submodules that FSDP may gather one at a time (vla_rl.rl.fsdp.shard_policy): blocks
+        whose weights only their own `forward` reads. None by default: the whole policy is
+        gathered for each call of its compute methods, and sharded between them."""
+        return []
+
     def wrap_env(self, venv: Any) -> Any:
         """The vector env this policy runs on: `venv` itself, or `venv` inside the env-side
         wrappers the policy's execution needs (a ResidualPolicy's base-action queue). Every

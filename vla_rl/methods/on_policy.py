@@ -57,7 +57,7 @@ from vla_rl.rl.fsdp import (
     full_state_dict,
     is_sharded,
     load_optimizer_state,
-    shard_layers,
+    shard_policy,
 )
 from vla_rl.rl.losses import REDUCTIONS, clipped_surrogate, k3_kl, reduce_terms
 from vla_rl.rollout.engine import RolloutEngine
@@ -116,10 +116,10 @@ class PolicyGradientConfig:
     lora_alpha: float = 16.0
     """LoRA alpha (VLA-RL: 16)."""
     fsdp: bool = False
-    """Under torchrun, shard each layer's weights, gradients and Adam moments over the ranks
-    (FSDP2, vla_rl.rl.fsdp) instead of replicating them: for a policy that does not fit one
-    device. The update is the replicated one's (tests/test_distributed.py). No effect in one
-    process; not with lora_rank > 0."""
+    """Under torchrun, shard the policy's weights, gradients and Adam moments over the ranks
+    (FSDP2, vla_rl.rl.fsdp) instead of replicating them: for a policy whose training state
+    does not fit one device. The update is the replicated one's (tests/test_distributed.py).
+    No effect in one process; not with lora_rank > 0."""
     rollout_envs: int = 16
     """Env slots of the training rollouts (eval points use --env). On-policy steps alternate
     rollout and update, so rollouts get every core."""
@@ -181,7 +181,9 @@ def check_pg_config(pg: PolicyGradientConfig, flag: str) -> None:
     if pg.grad_clip <= 0 or pg.kl_coef < 0:
         raise ConfigError(f"--{flag}.grad-clip must be > 0 and --{flag}.kl-coef >= 0")
     if pg.fsdp and pg.lora_rank:
-        raise ConfigError(f"--{flag}.fsdp shards whole layers; use it with --{flag}.lora-rank 0")
+        raise ConfigError(  # the end of a LoRA run merges the adapters: not built for shards
+            f"--{flag}.fsdp does not take LoRA adapters; use it with --{flag}.lora-rank 0"
+        )
     check_reward_names(pg.reward, pg.reward_weights, flag)
     if "critic" in pg.reward:
         check_critic_reward(pg.critic, pg.shaping, flag)
@@ -279,7 +281,7 @@ def policy_update(
                 obs, samples = traj.gather_obs(t, b), traj.gather_samples(t, b)
                 terms, entropy = policy.log_prob_terms(obs, samples)
                 all_lp = reduce_terms(terms, pg.reduction)  # (rows, M)
-                # the padding's zero keeps every sharded layer in the backward on every rank
+                # the padding's zero keeps every shard in the backward on every rank
                 loss = 0.0 * all_lp.sum() if lockstep else all_lp.new_zeros(())
                 new_lp = all_lp[:real]
                 if mine.any():
@@ -437,12 +439,10 @@ def train_on_policy(
     if world_size > 1:  # rank 0's weights everywhere, whatever a rank's initialisation drew
         broadcast_parameters(policy)  # (the reference is the base as read from disk)
     if sharded:  # each rank keeps its slice of the (equal) weights; an unsharded copy evaluates
-        shard_layers(policy)
+        shard_policy(policy)
         if reference is not None:
-            shard_layers(reference)
-    # Adam's fused multi-tensor path cannot mix shards and plain tensors
-    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr,
-                                 foreach=False if sharded else None)  # fmt: skip
+            shard_policy(reference)
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=pg.lr)
     if learner is not None:
         if sharded or by_name(learner["optimizer"]):  # a sharded run's is keyed by name
             load_optimizer_state(policy, optimizer, learner["optimizer"])

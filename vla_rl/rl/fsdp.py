@@ -1,18 +1,20 @@
 """Sharded weights for the data-parallel learner: FSDP2 (`torch.distributed.fsdp.fully_shard`).
 
-With `--<method>.fsdp` under torchrun, every rank holds 1/N of each layer's weights, gradients
-and Adam moments instead of all of them (vla_rl.rl.distributed replicates them). FSDP gathers a
-module's weights in the hooks of its `forward` and frees them after; a policy's compute enters
-through `sample_actions` and `log_prob_terms`, not `forward`, so the policy itself cannot be
-wrapped. Each layer can: `shard_layers` wraps every module that owns parameters directly
-(nn.Linear, nn.LayerNorm, nn.Embedding, ...), whose weights its own forward uses. Parameters
-that a policy reads outside a layer's forward (a learned std held by the policy itself) stay
-replicated and go through `average_gradients` as before.
+With `--<method>.fsdp` under torchrun, every rank holds 1/N of the policy's weights, gradients
+and Adam moments between calls instead of all of them (vla_rl.rl.distributed replicates them).
+FSDP gathers a module's weights in the hooks of its `forward` and frees them after; a policy's
+compute enters through its own methods (`sample_actions`, `log_prob_terms`,
+`observation_features`), not `forward`, so `shard_policy` registers those methods for the
+hooks (`register_fsdp_forward_method`): the whole policy is gathered for the length of one
+call. A family can declare smaller units (`BasePolicy.fsdp_units`: blocks whose weights only
+their own forward reads; no family does yet), gathered one at a time inside a call. Sharding
+each torch.nn layer blindly is wrong: a layer's weight read outside its forward (the token
+head of `tokenvla`, `nn.MultiheadAttention`'s output projection) would be a shard there.
 
 What that asks of the caller, because every gather and every gradient reduction is a
 collective:
-- all ranks run the same forward and backward calls in the same order (the same rollouts,
-  shards padded to equal length: `vla_rl.methods.on_policy.policy_update`);
+- all ranks run the same calls in the same order (the same rollouts, shards padded to equal
+  length: `vla_rl.methods.on_policy.policy_update`);
 - code that runs on rank 0 alone (evaluation, writing the result) works on an unsharded copy
   made from `full_state_dict`, which every rank calls;
 - gradient clipping sums the squared norms of the shards over the ranks (`clip_grad_norm`);
@@ -31,25 +33,34 @@ from collections.abc import Iterable
 import torch
 from torch.distributed.tensor import DTensor
 
+from vla_rl.core.policy import BasePolicy
 
-def shard_layers(module: torch.nn.Module) -> int:
-    """fully_shard every submodule that owns parameters directly (not through children), in
-    place; returns how many were wrapped. Call after the weights are loaded and equal on every
-    rank (fully_shard keeps each rank's slice of the weights it finds)."""
-    from torch.distributed.fsdp import fully_shard
+# The policy methods that compute with its weights (vla_rl.core.policy.BasePolicy); others
+# (log_prob, sample_candidates) go through these, and a registered method must not call
+# another registered one.
+FORWARD_METHODS = ("sample_actions", "log_prob_terms", "observation_features")
 
-    layers = [m for m in module.modules()
-              if m is not module and any(True for _ in m.parameters(recurse=False))]  # fmt: skip
-    for layer in layers:
-        # Explicitly True: FSDP treats each of these layers as a root (no wrapped module
-        # calls them), and by default a root keeps its weights gathered after its forward,
-        # which would leave the whole model gathered between calls.
-        fully_shard(layer, reshard_after_forward=True)
-    return len(layers)
+
+def shard_policy(policy: BasePolicy) -> int:
+    """fully_shard the policy's declared units (`BasePolicy.fsdp_units`) and then
+    the policy itself, in place, with its compute methods registered for FSDP's hooks; returns
+    how many units were sharded, the policy included. Call after the weights are loaded and
+    equal on every rank (fully_shard keeps each rank's slice of the weights it finds)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    units = list(policy.fsdp_units())
+    for unit in [*units, policy]:
+        # Explicitly True: the policy is FSDP's root, and by default a root keeps its weights
+        # gathered after its forward, which would leave them whole between calls.
+        fully_shard(unit, reshard_after_forward=True)
+    for name in FORWARD_METHODS:
+        if hasattr(policy, name):
+            register_fsdp_forward_method(policy, name)
+    return len(units) + 1
 
 
 def is_sharded(module: torch.nn.Module) -> bool:
-    """Whether any of the module's parameters is a shard (shard_layers ran on it)."""
+    """Whether any of the module's parameters is a shard (shard_policy ran on it)."""
     return any(isinstance(p, DTensor) for p in module.parameters())
 
 
