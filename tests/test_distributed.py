@@ -306,6 +306,26 @@ def _finetune_worker(
             dist.destroy_process_group()
 
 
+def assert_trained_like_one_process(ranks_policy, one_policy) -> None:
+    """The policy the ranks wrote is the one process's, to the tolerance of a reordered sum."""
+    two = load_policy(str(ranks_policy)).state_dict()
+    one = load_policy(str(one_policy)).state_dict()
+    base = load_policy("metaworld-flow").state_dict()
+    assert two.keys() == one.keys()
+    # Sharded minibatches, and an all_reduce that sums in another order than one process: most
+    # weights agree to 1e-7, but Adam divides by sqrt(v), so a weight whose gradient is near
+    # zero can take a step that differs by a fraction of lr (1e-3; measured: 2 of 0.4 M weights
+    # off by 1.1e-5 after the two RL steps, the whole off by 2.3e-5 of what it moved). Hence
+    # every weight to 1e-4, and the whole to 1e-4 of what the updates moved.
+    for name, value in one.items():
+        assert torch.allclose(two[name], value, atol=1e-4, rtol=0), name
+    flat = {k: torch.cat([d[n].flatten() for n in one]) for k, d in
+            {"two": two, "one": one, "base": base}.items()}  # fmt: skip
+    moved = (flat["one"] - flat["base"]).norm()
+    assert moved > 0.1  # the update did something
+    assert (flat["two"] - flat["one"]).norm() < 1e-4 * moved
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
 def test_two_gloo_ranks_finetune_like_one_process(tmp_path, fsdp):
@@ -333,22 +353,7 @@ def test_two_gloo_ranks_finetune_like_one_process(tmp_path, fsdp):
     for key in ("env_steps", "rl_steps", "train_episodes"):  # the same rollouts as one process
         assert ranks[0][key] == res[key], key
 
-    two = load_policy(str(run / "policy")).state_dict()
-    one = load_policy(res["policy_dir"]).state_dict()
-    base = load_policy("metaworld-flow").state_dict()
-    assert two.keys() == one.keys()
-    # Sharded minibatches, and an all_reduce that sums in another order than one process: most
-    # weights agree to 1e-7, but Adam divides by sqrt(v), so a weight whose gradient is near
-    # zero can take a step that differs by a fraction of lr (1e-3; measured: 2 of 0.4 M weights
-    # off by 1.1e-5 after the two RL steps, the whole off by 2.3e-5 of what it moved). Hence
-    # every weight to 1e-4, and the whole to 1e-4 of what the updates moved.
-    for name, value in one.items():
-        assert torch.allclose(two[name], value, atol=1e-4, rtol=0), name
-    flat = {k: torch.cat([d[n].flatten() for n in one]) for k, d in
-            {"two": two, "one": one, "base": base}.items()}  # fmt: skip
-    moved = (flat["one"] - flat["base"]).norm()
-    assert moved > 0.1  # the update did something
-    assert (flat["two"] - flat["one"]).norm() < 1e-4 * moved
+    assert_trained_like_one_process(run / "policy", res["policy_dir"])
 
 
 def _mismatched_worker(rank: int, world_size: int, port: int, root: str) -> None:

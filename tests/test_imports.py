@@ -237,8 +237,10 @@ def importers_of(package: str, repo: Path = REPO, roots: dict[str, str] = ROOTS)
 
 
 def test_ray_is_imported_by_the_ray_backend_only_and_lazily():
-    """The [ray] extra is optional: one module imports it, inside functions only."""
-    assert importers_of("ray") == {"vla_rl.rollout.ray_backend": False}
+    """The [ray] extra is optional: the rollout backend and the Ray Train launcher import it,
+    inside functions only."""
+    assert importers_of("ray") == {"vla_rl.rollout.ray_backend": False,
+                                   "vla_rl.runs.ray_train": False}  # fmt: skip
 
 
 def test_the_package_and_the_cli_load_no_ray():
@@ -248,6 +250,7 @@ def test_the_package_and_the_cli_load_no_ray():
     import sys
 
     code = ("import sys, vla_rl, vla_rl.cli, vla_rl.rollout.local, vla_rl.rollout.engine\n"
+            "import vla_rl.commands.finetune\n"
             "from vla_rl.core.registry import BACKENDS\n"
             "BACKENDS.get('local')\n"
             "print('ray' in sys.modules)")  # fmt: skip

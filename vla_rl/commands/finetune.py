@@ -18,10 +18,12 @@ from vla_rl.core.config import ConfigError, parse_cli
 from vla_rl.core.registry import METHODS
 from vla_rl.evaluation.protocol import format_table
 from vla_rl.methods.grpo import GRPOConfig
+from vla_rl.methods.on_policy import PolicyGradientConfig, check_pg_config
 from vla_rl.methods.ppo import PPOConfig
 from vla_rl.methods.residual.config import ResidualConfig
 from vla_rl.methods.srpo import SRPOConfig
-from vla_rl.runs.run import RunConfig, check_run_config
+from vla_rl.runs.ray_train import RayTrainConfig, check_ray_train_config, inside_ray_train
+from vla_rl.runs.run import RunConfig, check_run_config, run_directory
 
 
 @dataclass
@@ -36,6 +38,8 @@ class FinetuneConfig(RunConfig):
     """Hyperparameters of --method grpo."""
     srpo: SRPOConfig = field(default_factory=SRPOConfig)
     """Hyperparameters of --method srpo."""
+    ray_train: RayTrainConfig = field(default_factory=RayTrainConfig)
+    """Launch on Ray Train's ranks instead of torchrun's (--ray-train.workers N)."""
     seeds: tuple[int, ...] = ()
     """A seed sweep: one run per seed, one after the other, in OUTPUT_DIR/seed-<s>, then
     OUTPUT_DIR/sweep.json (mean and 95% interval over seeds, per task, each seed's paired
@@ -55,7 +59,15 @@ def method_config(cfg: FinetuneConfig) -> Any:
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     check_run_config(cfg)
     train = METHODS.get(cfg.method)
-    return train(cfg, method_config(cfg))
+    settings = method_config(cfg)
+    # the on-policy methods' update is data-parallel (vla_rl.methods.on_policy)
+    check_ray_train_config(cfg.ray_train, cfg.method, isinstance(settings, PolicyGradientConfig))
+    if cfg.ray_train.workers and not inside_ray_train():  # the driver: place the ranks, wait
+        from vla_rl.runs.ray_train import launch
+
+        check_pg_config(settings, cfg.method)  # one line here, not a traceback from a rank
+        return launch(cfg, finetune, run_directory(cfg))
+    return train(cfg, settings)
 
 
 def rename_legacy_flags(args: list[str], legacy: dict[str, str]) -> list[str]:

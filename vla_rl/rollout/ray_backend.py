@@ -400,13 +400,13 @@ class RaySlotEnv:
             pass
 
 
-def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
+def connect(ray: Any, address: str | None, cpus_needed: float, log_to_driver: bool = False) -> None:
     """Initialise Ray unless it is: join the cluster at `address` ("auto", HOST:PORT), or start
     one on this machine. That one gets PRIVATE_CPUS_PER_CORE logical CPUs per core, and at
     least the workers' total, so that what runs on the local backend (oversubscribing the
     cores: a training env and an evaluation's at once) runs here too. Workers' output stays in
     Ray's logs (/tmp/ray/session_latest/logs/): the driver's progress bars and one-line errors
-    stay readable.
+    stay readable (`log_to_driver`: Ray Train's ranks, whose output is the run's own).
 
     Ray runs its worker processes at niceness 15 (its `worker_niceness`, so that its own
     daemons come first). An env worker is the simulator itself: at 15 it yields every core to
@@ -417,13 +417,13 @@ def connect(ray: Any, address: str | None, cpus_needed: float) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
     else:
         # address "local": a Ray of its own even where RAY_ADDRESS is set or a cluster's
         # address file is on this machine (address None would join that cluster instead)
         ray.init(address="local", num_cpus=max(PRIVATE_CPUS_PER_CORE * (os.cpu_count() or 1),
                               math.ceil(cpus_needed)),
-                 include_dashboard=False, log_to_driver=False,
+                 include_dashboard=False, log_to_driver=log_to_driver,
                  logging_level=logging.WARNING,
                  _system_config={"worker_niceness": 0})  # fmt: skip
 
