@@ -416,8 +416,14 @@ def connect(ray: Any, address: str | None, cpus_needed: float, log_to_driver: bo
     the environment of `ray start` for the same."""
     if ray.is_initialized():
         return
+    # Ray's own warnings in its actors (Ray Train's controller polls a state API that needs the
+    # dashboard, which the [ray] extra leaves out, and says so every few seconds) stay in its
+    # logs; errors still reach the driver.
+    quiet = {"logging_config": ray.LoggingConfig(log_level="ERROR")} if log_to_driver else {}
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING)
+        ray.init(
+            address=address, log_to_driver=log_to_driver, logging_level=logging.WARNING, **quiet
+        )
     else:
         # address "local": a Ray of its own even where RAY_ADDRESS is set or a cluster's
         # address file is on this machine (address None would join that cluster instead)
@@ -425,7 +431,7 @@ def connect(ray: Any, address: str | None, cpus_needed: float, log_to_driver: bo
                               math.ceil(cpus_needed)),
                  include_dashboard=False, log_to_driver=log_to_driver,
                  logging_level=logging.WARNING,
-                 _system_config={"worker_niceness": 0})  # fmt: skip
+                 _system_config={"worker_niceness": 0}, **quiet)  # fmt: skip
 
 
 def make_ray_env(env_fn: Callable[[], gym.Env], cfg: EnvConfig) -> RaySlotEnv:
