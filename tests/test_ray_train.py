@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import shutil
+from pathlib import Path
 
 import pytest
 from test_distributed import _finetune_config, assert_trained_like_one_process
@@ -31,14 +33,20 @@ def own_ray():
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp"])
-def test_two_ray_train_ranks_finetune_like_one_process(tmp_path, own_ray, fsdp):
+def test_two_ray_train_ranks_finetune_like_one_process(tmp_path, own_ray, fsdp, monkeypatch):
+    """The base is a checkpoint directory named relative to the driver's working directory,
+    as a user types it: the ranks (which Ray Train starts elsewhere) must find it."""
     import torch.distributed as dist
 
+    import vla_rl
     from vla_rl.commands.finetune import finetune
     from vla_rl.runs.ray_train import RayTrainConfig
 
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(Path(vla_rl.__file__).parent / "checkpoints" / "metaworld-flow", "base")
     cfg = _finetune_config(str(tmp_path / "ranks"), fsdp)
-    cfg = dataclasses.replace(cfg, ray_train=RayTrainConfig(workers=2, cpus_per_worker=1.0))
+    cfg = dataclasses.replace(cfg, base="base",
+                              ray_train=RayTrainConfig(workers=2, cpus_per_worker=1.0))  # fmt: skip
     res = finetune(cfg)
     assert not dist.is_initialized()  # the driver joined no process group: the ranks did
     single = finetune(_finetune_config(str(tmp_path / "single")))
@@ -50,6 +58,7 @@ def test_two_ray_train_ranks_finetune_like_one_process(tmp_path, own_ray, fsdp):
         p.name for p in (tmp_path / "single").iterdir()
     )
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".ray_train")] == []
+    assert res["config"]["base"] == "base"
     for key in ("env_steps", "rl_steps", "train_episodes"):
         assert res[key] == single[key], key
     assert_trained_like_one_process(run / "policy", single["policy_dir"])

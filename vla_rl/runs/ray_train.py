@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def launch(cfg: Any, run: Callable[[Any], Any], run_dir: Path) -> dict:
     storage = run_dir.parent / f".{run_dir.name}.ray_train"
     trainer = TorchTrainer(
         _rank_loop,
-        train_loop_config={"cfg": rank_cfg, "run": run},
+        train_loop_config={"cfg": rank_cfg, "run": run, "cwd": os.getcwd()},
         scaling_config=ScalingConfig(num_workers=rt.workers, use_gpu=rt.use_gpu,
                                      resources_per_worker={"CPU": rt.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if rt.use_gpu else "gloo",
@@ -96,5 +97,10 @@ def launch(cfg: Any, run: Callable[[Any], Any], run_dir: Path) -> dict:
 
 
 def _rank_loop(config: dict) -> None:
-    """One Ray Train rank: the command's own job, in the process group Ray Train made."""
+    """One Ray Train rank: the command's own job, in the process group Ray Train made. Ray Train
+    starts each rank in a trial directory of its own, where a relative path of the command line
+    (--base-path, --<method>.critic) would name nothing: the rank moves to the driver's working
+    directory where it exists (on its machine, or a shared filesystem)."""
+    if os.path.isdir(config["cwd"]):
+        os.chdir(config["cwd"])
     config["run"](config["cfg"])
