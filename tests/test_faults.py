@@ -254,15 +254,26 @@ RESIDUAL = ["finetune", "--method", "residual", "--tasks", "button-press-topdown
 
 
 @pytest.mark.slow
-def test_residual_killed_mid_episode_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("reward", ["success", "critic"])
+def test_residual_killed_mid_episode_resumes_to_the_uninterrupted_result(tmp_path, reward):
     """The checkpoint every 100 env steps lands inside episodes (82-step horizon, 2 slots): a
     resumed run replays the episodes in progress and ends with the weights of the run left
     alone, not merely a run that goes on. Every run in a process of its own: this one's torch is
-    single-threaded (conftest), which rounds the updates differently."""
+    single-threaded (conftest), which rounds the updates differently. With a progress critic's
+    shaping, the frames it scores of the episodes in progress are rendered again by the replay
+    (the checkpoint does not hold them)."""
     import json
 
+    from vla_rl.core.benchmark import get_benchmark
+    from vla_rl.rewards.pairwise_critic import PairwiseProgressCritic
+
+    flags = []
+    if reward == "critic":
+        task = get_benchmark("metaworld").tasks("train", ["button-press-topdown-v3"])[0]
+        PairwiseProgressCritic([task.instruction], image_size=16).save(tmp_path / "critic")
+        flags = ["--residual.reward", "critic", "--residual.critic", str(tmp_path / "critic")]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    cmd = [sys.executable, "-m", "vla_rl.cli", *RESIDUAL, "--output-dir"]
+    cmd = [sys.executable, "-m", "vla_rl.cli", *RESIDUAL, *flags, "--output-dir"]
     subprocess.run([*cmd, str(straight)], check=True, capture_output=True)
     proc = subprocess.Popen([*cmd, str(killed)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip

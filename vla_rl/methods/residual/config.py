@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vla_rl.core.config import ConfigError
+from vla_rl.methods.residual.shaping import check_shaping
+from vla_rl.rewards.critic_reward import CriticRewardConfig
 
 
 @dataclass
@@ -71,6 +73,17 @@ class ResidualConfig:
     base_deterministic: bool = True
     """Query the base deterministically (a frozen BC policy as deployed; ResFiT's ACT base is
     deterministic); exploration comes from the residual only."""
+    reward: str = "success"
+    """The reward the critics learn from: success (sparse, 1 on the step that reaches the goal:
+    ResFiT's), critic (success plus a frozen progress critic's potential-based shaping: set
+    `critic`), or dense_oracle (the same shaping with the simulator's dense reward as the
+    potential: a privileged reference, never a label). vla_rl/methods/residual/shaping.py."""
+    critic: str | None = None
+    """The progress critic of the `critic` reward: a directory from `vla-rl fit-critic`, or a
+    VLAC checkpoint; frozen for the whole run. Unused unless reward is critic."""
+    shaping: CriticRewardConfig = field(default_factory=CriticRewardConfig)
+    """Shaping weight lam (0.5, as for the on-policy methods), the critic's batch and the
+    oracle's scale. Only mode potential: the raw delta's sum does not telescope."""
     save_every: int = 10_000
     """Env steps between checkpoints (and one at the end). The online buffer is saved with
     them, and the episodes in progress, so --resume continues exactly where the run was."""
@@ -78,6 +91,7 @@ class ResidualConfig:
 
 def check_residual_config(rcfg: ResidualConfig) -> None:
     """Raise ConfigError for settings the loop cannot run with (the CLI prints it, exit 2)."""
+    check_shaping(rcfg.reward, rcfg.critic, rcfg.shaping)
     if rcfg.utd < 1 or rcfg.n_step < 1 or rcfg.batch_size < 1 or rcfg.num_critics < 1:
         raise ConfigError("--residual.utd, n-step, batch-size and num-critics must be >= 1")
     if not 1 <= rcfg.critic_subset <= rcfg.num_critics:

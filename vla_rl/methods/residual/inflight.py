@@ -59,16 +59,21 @@ def resume(
     tensors: list[dict[str, torch.Tensor]],
     specs: list[dict],
     tasks: list[TaskSpec],
+    record: bool = False,
 ) -> tuple[Observation, list[int]]:
     """Put every slot back where `snapshot` found it: reset it into its episode, replay its env
     actions, restore its records and its base queue. Returns (the observation of all slots,
     the slots whose replay did not reproduce the saved state: their env was lost on the way,
-    or the simulator is not the one that ran them; the caller starts those on new episodes)."""
+    or the simulator is not the one that ran them; the caller starts those on new episodes).
+    The replay also gives back what the checkpoint does not hold: each step's env reward, and
+    with `record` (a dense reward that scores frames) the episode's frames, rendered again."""
     by_name = {t.name: t for t in tasks}
     slots = list(range(venv.num_envs))
     episodes = [EpisodeSpec(by_name[s["task"]], s["init_id"], s["group"]) for s in specs]
     sim = venv.venv  # below the queue: replaying must not query the base
-    sim.reset_slots(slots, episodes)
+    first = sim.reset_slots(slots, episodes, [True] * len(slots) if record else None)
+    frames = [list(f or [])[-1:] for f in first]
+    env_rewards: list[list[float]] = [[] for _ in slots]
     actions = [t["env_actions"].numpy() for t in tensors]
     failed: set[int] = set()
     for step in range(max(len(a) for a in actions)):
@@ -77,11 +82,15 @@ def resume(
             break
         results = step_slots(sim, active, np.stack([actions[s][step][None] for s in active]))
         failed.update(s for s, r in zip(active, results) if r.lost)
+        for s, r in zip(active, results):
+            env_rewards[s].append(float(np.sum(r.rewards)))
+            frames[s].extend(r.frames[-1:] if r.frames else [])
     for slot, saved in zip(slots, tensors):
         episode = store.episodes[slot]
         for name in EPISODE_FIELDS:
             rows = saved[name].numpy()
             setattr(episode, name, rows.tolist() if name == "rewards" else list(rows))
+        episode.frames, episode.env_rewards = frames[slot], env_rewards[slot]
         venv.queues[slot] = deque(saved["queue"].numpy())
     obs = venv.observe(slots)  # the queues are full again: this queries nothing
     for slot, saved in zip(slots, tensors):

@@ -8,6 +8,7 @@ to fill the buffer; the learner (`learner.py`) holds the update math and schedul
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from functools import partial
@@ -23,6 +24,7 @@ from vla_rl.methods.residual import inflight
 from vla_rl.methods.residual.config import ResidualConfig, check_residual_config
 from vla_rl.methods.residual.learner import Residual
 from vla_rl.methods.residual.policy import ResidualPolicy
+from vla_rl.methods.residual.shaping import Shaping
 from vla_rl.methods.residual.transitions import (
     SlotEpisodes,
     demo_buffer,
@@ -50,10 +52,15 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     check_residual_config(rcfg)
     setup = setup_run(cfg)
     benchmark, names, tasks, run = setup.benchmark, setup.names, setup.train_tasks, setup.run
+    shaping = Shaping.build(rcfg.reward, rcfg.critic, rcfg.shaping, rcfg.gamma)
+    frame_size = 0 if shaping is None else shaping.frame_size  # rendered per env step, or 0
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    demo_episodes = load_demos(cfg, rcfg, benchmark, tasks)  # before any env of ours exists
-    venv = benchmark.make_env(tasks, cfg.env)
+    demo_episodes, demo_frames = load_demos(cfg, rcfg, benchmark, tasks, frame_size)  # before
+    # any env of ours exists
+    venv = benchmark.make_env(
+        tasks, dataclasses.replace(cfg.env, video_size=frame_size) if frame_size else cfg.env
+    )
     space = venv.single_action_space
     policy = ResidualPolicy(
         setup.base, benchmark.state_dim, benchmark.action_dim, names,
@@ -65,7 +72,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     agent = Residual(policy, rcfg)
     fields = transition_fields(benchmark.state_dim, benchmark.action_dim)
     online = ReplayBuffer(rcfg.buffer_size, fields)
-    demos = demo_buffer(demo_episodes, policy, tasks, fields, rcfg)
+    demos = demo_buffer(demo_episodes, policy, tasks, fields, rcfg, shaping, demo_frames)
     state: dict[str, Any] = {"env_steps": 0, "updates": 0, "episodes": 0, "wall_s": 0.0,
                              "curve": [], "stats_fitted": False}  # fmt: skip
     if setup.saved is not None:
@@ -74,20 +81,28 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     logger = MetricsLogger(run, cfg.logger, to_dict(cfg))
 
     slots = list(range(venv.num_envs))
-    store = SlotEpisodes(policy, venv.num_envs, rcfg.n_step, rcfg.gamma)
+    store = SlotEpisodes(policy, venv.num_envs, rcfg.n_step, rcfg.gamma, shaping)
+
+    def begin(new: list[int]) -> None:
+        """Reset slots `new` into random train episodes (rendering their first frame when the
+        reward scores frames)."""
+        record = [True] * len(new) if frame_size else None
+        first = venv.reset_slots(new, [random_episode(tasks, rng) for _ in new], record)
+        store.start(new, first)
+
     owed = state.pop("owed", 0.0)  # critic updates due but not yet run (utd per env step)
     metrics: dict[str, Any] = state.pop("last_metrics", {})  # the last update's (tensors)
     if "inflight" in state:  # resumed: continue the episodes the checkpoint caught in progress
         obs, failed = inflight.resume(venv, store, setup.saved_tree["inflight"],
-                                      state.pop("inflight"), tasks)  # fmt: skip
+                                      state.pop("inflight"), tasks, bool(frame_size))  # fmt: skip
         if failed:  # their env was lost, or this is not the simulator that ran them
             print(f"resume: {len(failed)} episode(s) in progress did not replay exactly; "
                   "they start afresh", file=sys.stderr)  # fmt: skip
             store.drop(failed)
-            venv.reset_slots(failed, [random_episode(tasks, rng) for _ in failed])
+            begin(failed)
             obs = venv.observe(slots)
     else:
-        venv.reset_slots(slots, [random_episode(tasks, rng) for _ in slots])
+        begin(slots)
         obs = venv.observe(slots)
     if not state["curve"]:  # the residual starts at exactly 0: this point is the base's success
         record_eval_point(policy, setup, cfg, state, logger)
@@ -110,7 +125,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
             lost = [i for i, r in enumerate(results) if r.lost]
             if lost:  # their worker died or hung and was replaced: drop them, start new ones
                 store.drop(lost)
-                venv.reset_slots(lost, [random_episode(tasks, rng) for _ in lost])
+                begin(lost)
                 state["episodes_lost"] = state.get("episodes_lost", 0) + len(lost)
                 logger.log(state["env_steps"], {"train/episodes_lost": state["episodes_lost"]})
             next_obs = venv.observe(slots)  # includes the base action at the next state
@@ -121,12 +136,14 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
             state["env_steps"] += steps
             if finished:
                 ended = [episode.slot for episode in finished]
-                venv.reset_slots(ended, [random_episode(tasks, rng) for _ in ended])
+                begin(ended)
                 next_obs = venv.observe(slots)
                 state["episodes"] += len(ended)
                 success = float(np.mean([episode.success for episode in finished]))
-                logger.log(state["env_steps"], {"train/episode_success": success,
-                                                "train/episodes": state["episodes"]})  # fmt: skip
+                logger.log(state["env_steps"], {
+                    "train/episode_success": success, "train/episodes": state["episodes"],
+                    **{f"train/{k}": v for k, v in (shaping.metrics if shaping else {}).items()},
+                })  # fmt: skip
             obs = next_obs
             state["wall_s"] += time.perf_counter() - start
             bar.update(steps)

@@ -6,6 +6,7 @@ Every action is in the normalised space [-1, 1]^Da; L is an episode's length in 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from vla_rl.core.config import ConfigError
 from vla_rl.rl.replay_buffer import ReplayBuffer
 from vla_rl.rl.returns import n_step_returns
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from vla_rl.core.types import Observation
     from vla_rl.methods.residual.config import ResidualConfig
     from vla_rl.methods.residual.policy import ResidualPolicy
+    from vla_rl.methods.residual.shaping import Shaping
     from vla_rl.runs.run import RunConfig
 
 
@@ -69,13 +72,18 @@ def episode_transitions(
 
 
 def demo_transitions(
-    episodes: list, policy: ResidualPolicy, task_of: dict[str, tuple[str, int]], cfg: ResidualConfig
+    episodes: list,
+    policy: ResidualPolicy,
+    task_of: dict[str, tuple[str, int]],
+    cfg: ResidualConfig,
+    bonuses: list[np.ndarray | None] | None = None,
 ) -> dict[str, np.ndarray] | None:
     """Successful demonstrations as n-step transitions with base actions computed the way the
     BaseActionQueue computes them online: the base is queried on the demo observation at every
-    chunk start and its chunk is read open-loop (ResFiT's use_base_policy_for_base_actions)."""
+    chunk start and its chunk is read open-loop (ResFiT's use_base_policy_for_base_actions).
+    bonuses: per episode, a dense reward (L,) added to its sparse success (`shaping.py`)."""
     rows = []
-    for ep in episodes:
+    for k, ep in enumerate(episodes):
         if not ep.success or ep.task not in task_of:
             continue  # only demonstrations of this run's tasks that reached the goal
         name, task = task_of[ep.task]
@@ -91,6 +99,8 @@ def demo_transitions(
         actions = policy.to_unit(torch.as_tensor(ep.action)).clamp(-1, 1).numpy()
         rewards = np.zeros(length, dtype=np.float32)
         rewards[-1] = 1.0  # sparse success reward on the step that reached the goal
+        if bonuses is not None and bonuses[k] is not None:
+            rewards = rewards + bonuses[k]
         rows.append(episode_transitions(states, bases, actions, rewards, True, task,
                                         cfg.n_step, cfg.gamma))  # fmt: skip
     if not rows:
@@ -99,11 +109,18 @@ def demo_transitions(
 
 
 def load_demos(
-    cfg: RunConfig, rcfg: ResidualConfig, benchmark: Benchmark, tasks: list[TaskSpec]
-) -> list:
-    """Demonstration episodes for the demo buffer (see ResidualConfig.demos)."""
+    cfg: RunConfig,
+    rcfg: ResidualConfig,
+    benchmark: Benchmark,
+    tasks: list[TaskSpec],
+    frame_size: int = 0,
+) -> tuple[list, list[list[np.ndarray]] | None]:
+    """Demonstration episodes for the demo buffer (see ResidualConfig.demos), and with
+    frame_size > 0 the frames (L + 1 per episode, H = W = frame_size) a critic reward scores:
+    the scripted experts' are rendered as they run; a dataset's camera need not be the one
+    the critic was fitted on, so a dataset is refused then."""
     if rcfg.demos == "none":
-        return []
+        return [], None
     if rcfg.demos == "scripted":
         from vla_rl.core.benchmark import first_episodes
         from vla_rl.core.policy import load_policy
@@ -116,14 +133,23 @@ def load_demos(
             raise ValueError(
                 f"--residual.demos scripted: {err}; pass a dataset path or 'none'"
             ) from err
-        venv = benchmark.make_env(tasks, cfg.env)
+        env_cfg = dataclasses.replace(cfg.env, video_size=frame_size) if frame_size else cfg.env
+        venv = benchmark.make_env(tasks, env_cfg)
         try:
             records = RolloutEngine(venv, cfg.env.pipeline_groups).run(
-                expert, first_episodes(tasks, rcfg.demo_episodes), keep_steps=True, seed=cfg.seed
-            )
+                expert, first_episodes(tasks, rcfg.demo_episodes), keep_steps=True,
+                seed=cfg.seed, record_video=(lambda i, s: True) if frame_size else None,
+            )  # fmt: skip
         finally:
             venv.close()
-        return records_to_episodes(records, benchmark)
+        frames = [list(r.frames or []) for r in records] if frame_size else None
+        return records_to_episodes(records, benchmark), frames
+    if frame_size:
+        raise ConfigError(
+            f"--residual.reward {rcfg.reward} shapes the demonstrations too, from frames of the "
+            f"critic's camera: --residual.demos {rcfg.demos!r} is a dataset; valid choices "
+            "here: scripted, none"
+        )
     from vla_rl.data.episodes import load_episodes
 
     if not Path(rcfg.demos).exists():
@@ -131,7 +157,7 @@ def load_demos(
             f"--residual.demos {rcfg.demos!r} does not exist; valid choices: scripted, none, "
             "or a LeRobot v3.0 dataset directory / LIBERO .hdf5 file"
         )
-    return load_episodes(rcfg.demos, images=False)
+    return load_episodes(rcfg.demos, images=False), None
 
 
 def demo_buffer(
@@ -140,11 +166,22 @@ def demo_buffer(
     tasks: list[TaskSpec],
     fields: dict[str, tuple[tuple[int, ...], type]],
     cfg: ResidualConfig,
+    shaping: Shaping | None = None,
+    frames: list[list[np.ndarray]] | None = None,
 ) -> ReplayBuffer | None:
     """The demo buffer, exactly as large as the demonstrations' transitions; None without any.
-    Rebuilt on resume rather than saved: it is a function of the config."""
+    Rebuilt on resume rather than saved: it is a function of the config. With `shaping`, the
+    demonstrations' rewards are shaped as the online episodes' are (their `frames` from
+    `load_demos` for a critic, their env rewards for the oracle)."""
     task_of = {t.instruction: (t.name, i) for i, t in enumerate(tasks)}
-    rows = demo_transitions(episodes, policy, task_of, cfg)
+    bonuses = None
+    if shaping is not None:
+        bonuses = [
+            shaping.bonus(None if frames is None else frames[k], np.asarray(ep.reward), True,
+                          True, ep.task, log=False) if ep.success else None
+            for k, ep in enumerate(episodes)
+        ]  # fmt: skip
+    rows = demo_transitions(episodes, policy, task_of, cfg, bonuses)
     if rows is None:
         return None
     demos = ReplayBuffer(len(rows["ret"]), fields)
@@ -163,6 +200,10 @@ class _Episode:
     actions: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     env_actions: list[np.ndarray] = field(default_factory=list)
+    # What a dense reward scores, not saved in checkpoints: a resumed run's replay of the env
+    # actions renders the frames and returns the env rewards again (`inflight.py`).
+    frames: list[np.ndarray] = field(default_factory=list)  # (H, W, 3): before step 0, after each
+    env_rewards: list[float] = field(default_factory=list)  # the simulator's reward per step
 
 
 @dataclass
@@ -179,14 +220,28 @@ class SlotEpisodes:
     an episode that ends becomes its L n-step transitions. Checkpoints hold the episodes in
     progress (`inflight.py`): a resumed run continues them."""
 
-    def __init__(self, policy: ResidualPolicy, num_slots: int, n_step: int, gamma: float):
-        self.policy, self.n_step, self.gamma = policy, n_step, gamma
+    def __init__(
+        self,
+        policy: ResidualPolicy,
+        num_slots: int,
+        n_step: int,
+        gamma: float,
+        shaping: Shaping | None = None,
+    ):
+        """shaping: a dense reward added to the sparse success of every finished episode
+        (`shaping.py`); it needs each slot's first frame from `start`."""
+        self.policy, self.n_step, self.gamma, self.shaping = policy, n_step, gamma, shaping
         self.episodes = [_Episode() for _ in range(num_slots)]
 
     def drop(self, slots: list[int]) -> None:
         """Forget the episodes in progress on `slots` (their env was lost with its worker)."""
         for i in slots:
             self.episodes[i] = _Episode()
+
+    def start(self, slots: list[int], first_frames: list[list[np.ndarray] | None]) -> None:
+        """New episodes begin on `slots`, with the frames `reset_slots` rendered (or None)."""
+        for i, frames in zip(slots, first_frames):
+            self.episodes[i] = _Episode(frames=list(frames or [])[-1:])
 
     def record(
         self,
@@ -211,15 +266,24 @@ class SlotEpisodes:
             ep.actions.append(action_unit[i].numpy())
             ep.rewards.append(1.0 if res.terminated else 0.0)  # sparse success
             ep.env_actions.append(env_action[i])
+            ep.env_rewards.append(float(np.sum(res.rewards)))
+            if res.frames:
+                ep.frames.append(res.frames[-1])
             if not (res.terminated or res.truncated):
                 continue
+            rewards = np.array(ep.rewards, dtype=np.float32)
+            if self.shaping is not None:
+                rewards = rewards + self.shaping.bonus(
+                    ep.frames or None, np.array(ep.env_rewards), res.terminated, res.success,
+                    obs["instruction"][i],
+                )  # fmt: skip
             states = np.stack(ep.states + [next_obs["state"][i]])
             final_base = self.policy.to_unit(torch.as_tensor(next_obs["base_action"][i]))
             bases = np.stack(ep.bases + [final_base.numpy()])
             task = self.policy.task_index[obs["task"][i]]
             rows = episode_transitions(
-                states, bases, np.stack(ep.actions), np.array(ep.rewards),
-                res.terminated, task, self.n_step, self.gamma,
+                states, bases, np.stack(ep.actions), rewards, res.terminated, task,
+                self.n_step, self.gamma,
             )  # fmt: skip
             finished.append(Finished(i, res.success, rows))
             self.episodes[i] = _Episode()
