@@ -18,8 +18,10 @@ Horizon: 500 env steps, Meta-World's own `max_path_length` (metaworld/sawyer_xyz
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,15 @@ MAX_PATH_LENGTH = 500  # metaworld.sawyer_xyz_env.SawyerXYZEnv.max_path_length
 STATE_DIM = 39
 ACTION_DIM = 4  # xyz end-effector delta + gripper effort, all in [-1, 1]
 CAMERA = "corner"
+MAX_RENDERERS = 24
+"""Renderers (one per env, task and size) a process keeps; the least recently used is closed
+past it. Each holds an EGL context of about 180 MB here (measured: 10 task renderers took one
+env from 224 to 1983 MB), so an unbounded cache in a worker of 8 envs that visit all of MT10
+reached 10-11 GB and was OOM-killed on the 24 GB reference machine (srpo on MT10). Closed
+contexts' memory is reused (20 create/close cycles stayed at 740 MB); a new one costs about
+0.45 s."""
+_RENDERERS: OrderedDict[tuple[int, str, int], Any] = OrderedDict()  # (env number, task, size)
+_ENV_NUMBERS = itertools.count()  # not id(): a collected env's id may be reused by a new one
 
 # One instruction per task, written from the task definitions in the Meta-World paper (Yu et al.,
 # 2019, appendix table of task descriptions).
@@ -186,7 +197,7 @@ class MetaWorldTaskEnv(gym.Env):
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._envs: dict[str, Any] = {}
-        self._renderers: dict[tuple[str, int], Any] = {}
+        self._number = next(_ENV_NUMBERS)  # its renderers' key in _RENDERERS
         self._env: Any = None
         self._task_name = ""
 
@@ -242,8 +253,10 @@ class MetaWorldTaskEnv(gym.Env):
     def _render(self, size: int) -> np.ndarray:
         import mujoco
 
-        key = (self._task_name, size)
-        if key not in self._renderers:
+        key = (self._number, self._task_name, size)
+        if key not in _RENDERERS:
+            while len(_RENDERERS) >= MAX_RENDERERS:  # the least recently used goes
+                _RENDERERS.popitem(last=False)[1].close()
             model = self._env.model
             if self.cfg.fast_render:
                 model.vis.quality.offsamples = 0  # no multisampling (read when the context is made)
@@ -251,8 +264,9 @@ class MetaWorldTaskEnv(gym.Env):
             if self.cfg.fast_render:
                 renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
                 renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            self._renderers[key] = renderer
-        renderer = self._renderers[key]
+            _RENDERERS[key] = renderer
+        _RENDERERS.move_to_end(key)
+        renderer = _RENDERERS[key]
         renderer.update_scene(self._env.data, camera=CAMERA)
         # The "corner" camera is mounted rolled by 180 degrees (the table renders at the top).
         # Rotate the image back; a vertical flip alone would mirror the scene.
@@ -267,9 +281,8 @@ class MetaWorldTaskEnv(gym.Env):
         return np.array(self._env._last_rand_vec, dtype=np.float64)
 
     def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
+        for key in [k for k in _RENDERERS if k[0] == self._number]:
+            _RENDERERS.pop(key).close()
         for env in self._envs.values():
             env.close()
-        self._renderers.clear()
         self._envs.clear()
