@@ -82,8 +82,8 @@ class Shaping:
     def build(cls, reward: str, critic: str | None, cfg: CriticRewardConfig,
               gamma: float) -> Shaping | None:  # fmt: skip
         """None for sparse success (nothing to add); the critic is loaded here, so a directory
-        of the wrong kind fails before the run writes anything."""
-        check_shaping(reward, critic, cfg)
+        of the wrong kind fails before the run writes anything. The settings were checked
+        with the rest of the config (`check_residual_config` calls `check_shaping`)."""
         if reward == "success":
             return None
         if reward == "dense_oracle":

@@ -56,8 +56,8 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
     frame_size = 0 if shaping is None else shaping.frame_size  # rendered per env step, or 0
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    demo_episodes, demo_frames = load_demos(cfg, rcfg, benchmark, tasks, frame_size)  # before
-    # any env of ours exists
+    # the demonstrations before any env of ours exists
+    demo_episodes, demo_frames = load_demos(cfg, rcfg, benchmark, tasks, frame_size)
     venv = benchmark.make_env(
         tasks, dataclasses.replace(cfg.env, video_size=frame_size) if frame_size else cfg.env
     )
