@@ -18,7 +18,6 @@ Horizon: 500 env steps, Meta-World's own `max_path_length` (metaworld/sawyer_xyz
 
 from __future__ import annotations
 
-import itertools
 import pickle
 import warnings
 from collections import OrderedDict
@@ -39,14 +38,15 @@ STATE_DIM = 39
 ACTION_DIM = 4  # xyz end-effector delta + gripper effort, all in [-1, 1]
 CAMERA = "corner"
 MAX_RENDERERS = 24
-"""Renderers (one per env, task and size) a process keeps; the least recently used is closed
-past it. Each holds an EGL context of about 180 MB here (measured: 10 task renderers took one
-env from 224 to 1983 MB), so an unbounded cache in a worker of 8 envs that visit all of MT10
-reached 10-11 GB and was OOM-killed on the 24 GB reference machine (srpo on MT10). Closed
-contexts' memory is reused (20 create/close cycles stayed at 740 MB); a new one costs about
-0.45 s."""
-_RENDERERS: OrderedDict[tuple[int, str, int], Any] = OrderedDict()  # (env number, task, size)
-_ENV_NUMBERS = itertools.count()  # not id(): a collected env's id may be reused by a new one
+"""Renderers a process keeps, one per (task, size, fast_render), shared by all its envs; the least
+recently used is closed past it. Each holds an EGL context of about 180 MB here (measured: 10
+task renderers took one env from 224 to 1983 MB). A renderer per env and task instead reached
+10-11 GB in a worker of 8 envs that visit all of MT10 (srpo on MT10, OOM-killed on the 24 GB
+reference machine), and a bound on that alone makes a new one (0.5-0.8 s) on most resets.
+Sharing is exact: the context holds only the task's meshes and textures (the same XML for every
+env), and each env's own model and data build the scene, so a body or site an env moves through
+its model is drawn where that env put it (tests/test_metaworld_render.py)."""
+_RENDERERS: OrderedDict[tuple[str, int, bool], Any] = OrderedDict()  # (task, size, fast_render)
 
 # One instruction per task, written from the task definitions in the Meta-World paper (Yu et al.,
 # 2019, appendix table of task descriptions).
@@ -178,6 +178,25 @@ class MetaWorldEnvFactory:
         return MetaWorldTaskEnv(self.cfg)
 
 
+def _renderer(task: str, model: Any, size: int, fast_render: bool) -> Any:
+    """The process's renderer of a task's meshes and textures at one size (see MAX_RENDERERS)."""
+    import mujoco
+
+    key = (task, size, fast_render)
+    if key not in _RENDERERS:
+        while len(_RENDERERS) >= MAX_RENDERERS:  # the least recently used goes
+            _RENDERERS.popitem(last=False)[1].close()
+        if fast_render:
+            model.vis.quality.offsamples = 0  # no multisampling (read when the context is made)
+        renderer = mujoco.Renderer(model, height=size, width=size)
+        if fast_render:
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        _RENDERERS[key] = renderer
+    _RENDERERS.move_to_end(key)
+    return _RENDERERS[key]
+
+
 class MetaWorldTaskEnv(gym.Env):
     """One env slot that can reset into any Meta-World task and initial state.
 
@@ -197,7 +216,6 @@ class MetaWorldTaskEnv(gym.Env):
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._envs: dict[str, Any] = {}
-        self._number = next(_ENV_NUMBERS)  # its renderers' key in _RENDERERS
         self._env: Any = None
         self._task_name = ""
 
@@ -253,21 +271,20 @@ class MetaWorldTaskEnv(gym.Env):
     def _render(self, size: int) -> np.ndarray:
         import mujoco
 
-        key = (self._number, self._task_name, size)
-        if key not in _RENDERERS:
-            while len(_RENDERERS) >= MAX_RENDERERS:  # the least recently used goes
-                _RENDERERS.popitem(last=False)[1].close()
-            model = self._env.model
-            if self.cfg.fast_render:
-                model.vis.quality.offsamples = 0  # no multisampling (read when the context is made)
-            renderer = mujoco.Renderer(model, height=size, width=size)
-            if self.cfg.fast_render:
-                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-                renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
-            _RENDERERS[key] = renderer
-        _RENDERERS.move_to_end(key)
-        renderer = _RENDERERS[key]
-        renderer.update_scene(self._env.data, camera=CAMERA)
+        renderer = _renderer(self._task_name, self._env.model, size, self.cfg.fast_render)
+        model = self._env.model  # this env's: its goal sites, not the renderer's first env's
+        camera = mujoco.MjvCamera()
+        camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+        camera.fixedcamid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, CAMERA)
+        mujoco.mjv_updateScene(
+            model,
+            self._env.data,
+            mujoco.MjvOption(),
+            None,
+            camera,
+            mujoco.mjtCatBit.mjCAT_ALL,
+            renderer.scene,
+        )
         # The "corner" camera is mounted rolled by 180 degrees (the table renders at the top).
         # Rotate the image back; a vertical flip alone would mirror the scene.
         return np.ascontiguousarray(renderer.render()[::-1, ::-1])
@@ -281,8 +298,6 @@ class MetaWorldTaskEnv(gym.Env):
         return np.array(self._env._last_rand_vec, dtype=np.float64)
 
     def close(self) -> None:
-        for key in [k for k in _RENDERERS if k[0] == self._number]:
-            _RENDERERS.pop(key).close()
         for env in self._envs.values():
             env.close()
         self._envs.clear()

@@ -1,6 +1,6 @@
-"""Meta-World's renderers are bounded per process (an env per slot times ten MT10 tasks of EGL
-contexts at ~180 MB each was OOM-killed on 24 GB), and a renderer made again after eviction
-renders the same frame."""
+"""Meta-World's renderers are one per task and size per process, shared by its envs (an env per
+slot times ten MT10 tasks of EGL contexts at ~180 MB each was OOM-killed on 24 GB), bounded,
+and a shared or remade renderer draws exactly what the env's own renderer would."""
 
 import numpy as np
 
@@ -8,28 +8,54 @@ from vla_rl.benchmarks import metaworld
 from vla_rl.core.benchmark import EnvConfig, get_benchmark
 
 
-def _frame(env, task):
-    env.reset(options={"task": task, "init_id": int(task.init_ids[0])})
+def _frame(env, task, init=0):
+    env.reset(options={"task": task, "init_id": int(task.init_ids[init])})
     for _ in range(3):
         env.step(np.full(4, 0.5, np.float32))
     return env.render()
 
 
+def _own_frame(env, size):
+    """What a renderer made for this env's own model draws (the pre-sharing behaviour)."""
+    import mujoco  # after vla_rl.benchmarks.metaworld chose the headless GL backend
+
+    model = env._env.model
+    model.vis.quality.offsamples = 0  # fast_render, the default
+    with mujoco.Renderer(model, height=size, width=size) as renderer:
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        renderer.update_scene(env._env.data, camera=metaworld.CAMERA)
+        return np.ascontiguousarray(renderer.render()[::-1, ::-1])
+
+
+def test_envs_share_a_task_renderer_and_each_draws_its_own_state(monkeypatch):
+
+    monkeypatch.setattr(metaworld, "_RENDERERS", type(metaworld._RENDERERS)())
+    (task,) = get_benchmark("metaworld").tasks("train", ["reach-v3"])  # the goal is drawn
+    env, other = (metaworld.MetaWorldTaskEnv(EnvConfig(video_size=48)) for _ in range(2))
+    try:
+        first = _frame(env, task, init=0)
+        second = _frame(other, task, init=1)  # another goal, through env's first renderer
+        assert len(metaworld._RENDERERS) == 1
+        assert not np.array_equal(first, second)
+        np.testing.assert_array_equal(second, _own_frame(other, 48))
+        np.testing.assert_array_equal(env.render(), _own_frame(env, 48))
+    finally:
+        env.close()
+        other.close()
+
+
 def test_renderers_are_bounded_and_a_remade_one_renders_the_same(monkeypatch):
+    monkeypatch.setattr(metaworld, "_RENDERERS", type(metaworld._RENDERERS)())
     monkeypatch.setattr(metaworld, "MAX_RENDERERS", 2)
     tasks = get_benchmark("metaworld").tasks("train", metaworld.MT10[:3])
     env = metaworld.MetaWorldTaskEnv(EnvConfig(video_size=32))
-    other = metaworld.MetaWorldTaskEnv(EnvConfig(video_size=32))
     try:
         first = _frame(env, tasks[0])
         for task in tasks[1:]:
             _frame(env, task)
             assert len(metaworld._RENDERERS) <= 2
-        assert (env._number, tasks[0].name, 32) not in metaworld._RENDERERS  # evicted
-        _frame(other, tasks[1])  # another env's renderer counts against the same bound
-        assert len(metaworld._RENDERERS) == 2
+        assert (tasks[0].name, 32, False) not in metaworld._RENDERERS  # evicted
         np.testing.assert_array_equal(_frame(env, tasks[0]), first)
     finally:
         env.close()
-        other.close()
-    assert not [k for k in metaworld._RENDERERS if k[0] in (env._number, other._number)]
