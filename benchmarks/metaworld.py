@@ -47,6 +47,7 @@ Sharing is exact: the context holds only the task's meshes and textures (the sam
 env), and each env's own model and data build the scene, so a body or site an env moves through
 its model is drawn where that env put it (tests/test_metaworld_render.py)."""
 _RENDERERS: OrderedDict[tuple[str, int, bool], Any] = OrderedDict()  # (task, size, fast_render)
+_OPEN_ENVS = [0]  # envs made and not yet closed in this process: the last close frees renderers
 
 # One instruction per task, written from the task definitions in the Meta-World paper (Yu et al.,
 # 2019, appendix table of task descriptions).
@@ -218,6 +219,8 @@ class MetaWorldTaskEnv(gym.Env):
         self._envs: dict[str, Any] = {}
         self._env: Any = None
         self._task_name = ""
+        self._open = True
+        _OPEN_ENVS[0] += 1
 
     def _get_env(self, name: str) -> Any:
         if name not in self._envs:
@@ -298,6 +301,11 @@ class MetaWorldTaskEnv(gym.Env):
         return np.array(self._env._last_rand_vec, dtype=np.float64)
 
     def close(self) -> None:
+        if self._open:
+            self._open = False
+            _OPEN_ENVS[0] -= 1
+            while not _OPEN_ENVS[0] and _RENDERERS:  # no env of this process draws any more
+                _RENDERERS.popitem()[1].close()
         for env in self._envs.values():
             env.close()
         self._envs.clear()

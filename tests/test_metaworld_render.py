@@ -31,6 +31,7 @@ def _own_frame(env, size):
 def test_envs_share_a_task_renderer_and_each_draws_its_own_state(monkeypatch):
 
     monkeypatch.setattr(metaworld, "_RENDERERS", type(metaworld._RENDERERS)())
+    monkeypatch.setattr(metaworld, "_OPEN_ENVS", [0])  # not other tests' envs left open
     (task,) = get_benchmark("metaworld").tasks("train", ["reach-v3"])  # the goal is drawn
     env, other = (metaworld.MetaWorldTaskEnv(EnvConfig(video_size=48)) for _ in range(2))
     try:
@@ -40,9 +41,12 @@ def test_envs_share_a_task_renderer_and_each_draws_its_own_state(monkeypatch):
         assert not np.array_equal(first, second)
         np.testing.assert_array_equal(second, _own_frame(other, 48))
         np.testing.assert_array_equal(env.render(), _own_frame(env, 48))
+        env.close()
+        assert len(metaworld._RENDERERS) == 1  # other still draws with it
     finally:
         env.close()
         other.close()
+    assert not metaworld._RENDERERS  # the process's last env closed: its renderers freed
 
 
 def test_renderers_are_bounded_and_a_remade_one_renders_the_same(monkeypatch):

@@ -7,7 +7,6 @@ Usage: python docs/results/render_memory/share_probe.py [EPISODES_PER_ENV]"""
 import os
 import sys
 import time
-from collections import OrderedDict
 
 import numpy as np
 
