@@ -9,10 +9,12 @@ import pytest
 from vla_rl.cli import main
 from vla_rl.io.atomic import atomic_directory, check_output_location, remove_stale_temporaries
 from vla_rl.runs.run import (
+    RunConfig,
     check_run_directory,
     claim_run_directory,
     lock_owner,
     release_run_directory,
+    training_bar,
 )
 
 
@@ -165,3 +167,14 @@ def test_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(command, "main", full)
     assert main(["benchmarks"]) == 2
     assert "No space left on device" in one_error_line(capsys)
+
+
+def test_the_bar_names_the_run_s_own_checkpoint_directory(tmp_path, capsys):
+    """With no --output-dir the run directory is time-stamped once; the bar's line names that
+    one (a second `run_directory` call named another second's directory, which never exists)."""
+    run = tmp_path / "runs" / "finetune" / "residual" / "20261203-115906"
+    bar = training_bar(RunConfig(), run, {"env_steps": 0}, "residual", 0.1, "every 1 RL step")
+    bar.close()
+    assert (
+        f"checkpoint every 1 RL step to {run / 'checkpoint'} (--resume)" in capsys.readouterr().err
+    )

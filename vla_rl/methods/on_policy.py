@@ -489,7 +489,7 @@ def train_on_policy(
         if main:
             record_eval_point(view, setup, cfg, state, logger, rl_steps=state["rl_steps"])
     bar_cfg = cfg if main else dataclasses.replace(cfg, progress=False)  # one bar, rank 0's
-    bar = training_bar(bar_cfg, state, f"{name} {','.join(names)}", smoothing=0.3,
+    bar = training_bar(bar_cfg, setup.run, state, f"{name} {','.join(names)}", smoothing=0.3,
                        checkpoints=f"every {pg.save_every} RL step(s)")  # fmt: skip
     evals = EvalSchedule(cfg.eval_every, state["env_steps"])
     try:

@@ -373,13 +373,14 @@ def release_run_directory(run: Path) -> None:
 
 # ---- the parts of a training loop every method writes the same way ---------------------------
 def training_bar(
-    cfg: RunConfig, state: dict[str, Any], desc: str, smoothing: float, checkpoints: str
+    cfg: RunConfig, run: Path, state: dict[str, Any], desc: str, smoothing: float, checkpoints: str
 ) -> tqdm:
     """The progress bar over env steps (rate and ETA); sparse updates when stderr is a file.
     checkpoints: how often the loop checkpoints, said once first, so the user knows what a kill
-    can cost ("every 1 RL step")."""
+    can cost ("every 1 RL step"). run: the run's directory (`RunSetup.run`; a second
+    `run_directory` call would time-stamp a different one when --output-dir is not given)."""
     if cfg.progress:
-        print(f"checkpoint {checkpoints} to {run_directory(cfg) / 'checkpoint'} (--resume); a "
+        print(f"checkpoint {checkpoints} to {run / 'checkpoint'} (--resume); a "
               "kill loses at most the work since the last one", file=sys.stderr)  # fmt: skip
     return tqdm(total=cfg.env_steps, initial=state["env_steps"], unit="step", smoothing=smoothing,
                 desc=desc[:60], disable=not cfg.progress,

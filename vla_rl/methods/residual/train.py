@@ -106,7 +106,7 @@ def train(cfg: RunConfig, rcfg: ResidualConfig) -> dict[str, Any]:
         obs = venv.observe(slots)
     if not state["curve"]:  # the residual starts at exactly 0: this point is the base's success
         record_eval_point(policy, setup, cfg, state, logger)
-    bar = training_bar(cfg, state, f"residual {','.join(names)}", smoothing=0.05,
+    bar = training_bar(cfg, setup.run, state, f"residual {','.join(names)}", smoothing=0.05,
                        checkpoints=f"every {rcfg.save_every} env steps (episodes in progress "
                        "included)")  # fmt: skip
     evals = EvalSchedule(cfg.eval_every, state["env_steps"])
