@@ -29,14 +29,13 @@ def _own_frame(env, size):
 
 
 def test_envs_share_a_task_renderer_and_each_draws_its_own_state(monkeypatch):
-
     monkeypatch.setattr(metaworld, "_RENDERERS", type(metaworld._RENDERERS)())
     monkeypatch.setattr(metaworld, "_OPEN_ENVS", [0])  # not other tests' envs left open
-    (task,) = get_benchmark("metaworld").tasks("train", ["reach-v3"])  # the goal is drawn
+    (task,) = get_benchmark("metaworld").tasks("train", ["reach-v3"])
     env, other = (metaworld.MetaWorldTaskEnv(EnvConfig(video_size=48)) for _ in range(2))
     try:
         first = _frame(env, task, init=0)
-        second = _frame(other, task, init=1)  # another goal, through env's first renderer
+        second = _frame(other, task, init=1)  # another start, through env's renderer
         assert len(metaworld._RENDERERS) == 1
         assert not np.array_equal(first, second)
         np.testing.assert_array_equal(second, _own_frame(other, 48))
@@ -59,7 +58,8 @@ def test_renderers_are_bounded_and_a_remade_one_renders_the_same(monkeypatch):
         for task in tasks[1:]:
             _frame(env, task)
             assert len(metaworld._RENDERERS) <= 2
-        assert (tasks[0].name, 32, False) not in metaworld._RENDERERS  # evicted
+        assert len(metaworld._RENDERERS) == 2
+        assert (tasks[0].name, 32, True) not in metaworld._RENDERERS  # evicted (fast_render)
         np.testing.assert_array_equal(_frame(env, tasks[0]), first)
     finally:
         env.close()
