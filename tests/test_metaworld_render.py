@@ -63,3 +63,42 @@ def test_renderers_are_bounded_and_a_remade_one_renders_the_same(monkeypatch):
         np.testing.assert_array_equal(_frame(env, tasks[0]), first)
     finally:
         env.close()
+
+
+def _chunk_frames(env, task, record, chunks):
+    """The frames a ChunkedEnv over `env` returns for one episode of the given chunks."""
+    env.record_frames = record
+    _, info = env.reset(options={"task": task, "init_id": int(task.init_ids[0])})
+    frames = list(info["frames"])
+    for chunk in chunks:
+        *_, terminated, truncated, info = env.step(chunk)
+        frames += info["frames"]
+        if terminated or truncated:
+            return frames
+    raise AssertionError("the episode did not end")
+
+
+def test_sampled_frames_drawn_from_snapshots_are_the_live_frames():
+    """record_frames=F renders only the kept frames, after the episode, from render snapshots:
+    byte for byte the frames "chunk" mode renders live at those steps, on three tasks whose
+    scenes move differently (a door, a drawer, an object pushed)."""
+    from vla_rl.rollout.chunked_env import ChunkedEnv
+    from vla_rl.rollout.frames import kept_frames
+
+    tasks = get_benchmark("metaworld").tasks("train", ["door-open-v3", "drawer-open-v3", "push-v3"])
+    env = ChunkedEnv(metaworld.MetaWorldTaskEnv(EnvConfig(video_size=48, max_steps=15)))
+    rng = np.random.default_rng(0)
+    chunks = rng.uniform(-1, 1, (5, 3, 4)).astype(np.float32)  # 15 steps: truncated at the 5th
+    try:
+        for task in tasks:
+            live = _chunk_frames(env, task, "chunk", chunks)
+            sampled = _chunk_frames(env, task, 4, chunks)
+            assert len(live) == 6 and len(sampled) == 4
+            assert not np.array_equal(live[0], live[-1])  # the scene moved
+            for i, frame in zip(kept_frames(6, 4), sampled):
+                np.testing.assert_array_equal(frame, live[i])
+            np.testing.assert_array_equal(env.render(), live[-1])  # the live poses put back
+            longer = _chunk_frames(env, task, 16, chunks)  # a clip longer than the episode
+            assert len(longer) == 6 and all(map(np.array_equal, longer, live))
+    finally:
+        env.close()

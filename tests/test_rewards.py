@@ -127,7 +127,26 @@ def test_srpo_progress_asks_for_frames_only_when_its_encoder_reads_them():
     cfg.progress.encoder, cfg.progress.frame_size = "policy", 48
     assert build_rewards(cfg.reward, (), cfg, policy).frame_size == 0
     cfg.progress.encoder = "efficientnet"
-    assert build_rewards(cfg.reward, (), cfg, policy).frame_size == 48
+    reward = build_rewards(cfg.reward, (), cfg, policy)
+    assert reward.frame_size == 48
+    assert reward.frames_sampled == cfg.progress.frames == 16  # only the encoder's 16 kept
+
+
+def test_rollouts_keep_only_sampled_frames_when_every_frame_reader_samples_the_same():
+    def model(size, sampled=None):
+        m = type("M", (), {"frame_size": size})()
+        if sampled is not None:
+            m.frames_sampled = sampled
+        return m
+
+    def sampled(*models):
+        return WeightedRewards(list(models), [1.0] * len(models)).frames_sampled
+
+    assert sampled(model(0), model(64, 16)) == 16  # a reward reading no frames does not count
+    assert sampled(model(64, 16), model(32, 16)) == 16
+    assert sampled(model(64, 16), model(64)) == 0  # one reads every frame (a critic): all
+    assert sampled(model(64, 16), model(64, 8)) == 0  # two clips: all, each samples its own
+    assert sampled(model(0)) == 0
 
 
 def test_srpo_progress_scores_failures_below_successes(traj):

@@ -11,6 +11,7 @@ from vla_rl.core.registry import BACKENDS, UnknownNameError
 from vla_rl.core.slots import SlotEnv
 from vla_rl.evaluation.protocol import evaluate
 from vla_rl.rollout.engine import RolloutEngine
+from vla_rl.rollout.frames import kept_frames, uniform_indices
 from vla_rl.rollout.local import make_local_env
 
 
@@ -81,6 +82,43 @@ def test_batched_env_records_frames_like_the_chunked_env():
             if a.frames is not None:
                 assert len(a.frames) == len(b.frames)
                 assert all(np.array_equal(x, y) for x, y in zip(a.frames, b.frames))
+
+
+@pytest.mark.parametrize("num", [1, 3, 50])
+def test_sampled_frames_are_the_sampled_ones_of_every_chunk_frame(num):
+    """frames_per=F keeps, of the per-chunk frames, the `kept_frames` (all when the episode is
+    shorter), on both implementations; the encoder's sampling then reads the same frames."""
+    policy = GreedyToyPolicy(chunk_size=2, noise=1.0)
+    episodes = first_episodes(ToyBenchmark(horizon=12).tasks("eval"), 2)
+    kwargs = dict(seed=0, record_video=lambda i, s: True)
+    for bench in (ToyBenchmark(horizon=12), ToyBatchedBenchmark(horizon=12)):
+        every, _ = rollout(bench, policy, episodes, frames_per="chunk", **kwargs)
+        sampled, _ = rollout(bench, policy, episodes, frames_per=num, **kwargs)
+        for a, b in zip(every, sampled):
+            assert a.rewards == b.rewards  # the same episode
+            keep = kept_frames(len(a.frames), num)
+            assert len(b.frames) == min(num, len(a.frames)) == len(keep)
+            assert all(np.array_equal(a.frames[i], f) for i, f in zip(keep, b.frames))
+            full = np.stack(a.frames)[uniform_indices(len(a.frames), num)]
+            np.testing.assert_array_equal(np.stack(b.frames)[uniform_indices(len(b.frames), num)],
+                                          full)  # fmt: skip
+
+
+def test_frames_per_must_be_a_mode_or_a_positive_count():
+    episodes = first_episodes(ToyBenchmark().tasks("eval"), 1)
+    for bad in (0, -2, "every", True):
+        with pytest.raises(ValueError, match="frames_per must be"):
+            rollout(ToyBenchmark(), GreedyToyPolicy(), episodes, frames_per=bad,
+                    record_video=lambda i, s: True)  # fmt: skip
+
+
+def test_kept_frames_by_hand():
+    assert kept_frames(10, 4).tolist() == [0, 3, 6, 9]
+    assert kept_frames(3, 5).tolist() == [0, 1, 2]  # shorter than the clip: every frame
+    assert kept_frames(4, 4).tolist() == [0, 1, 2, 3]
+    for n in range(1, 80):  # kept twice is kept once: the engine may select what the env kept
+        k = kept_frames(n, 16)
+        assert kept_frames(len(k), 16).tolist() == list(range(len(k)))
 
 
 def test_eval_protocol_runs_a_batched_benchmark_unchanged(tmp_path):

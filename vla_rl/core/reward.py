@@ -25,7 +25,10 @@ from vla_rl.core.trajectories import Trajectories
 class RewardModel(Protocol):
     frame_size: int
     """H = W of the rendered video frames it reads from `traj.frames` (one per decision step,
-    plus the first); 0 when it reads none (the rollout then renders nothing)."""
+    plus the first); 0 when it reads none (the rollout then renders nothing). A model may also
+    set `frames_sampled` = F > 0: it reads only the F of those frames that
+    vla_rl.rollout.frames.uniform_indices samples, so the rollout keeps (and where it can,
+    renders) only those (SRPO's encoder, 16 of about 60 on Meta-World)."""
 
     def __call__(self, traj: Trajectories) -> torch.Tensor:
         """Rewards (T, B) for every decision step; zero on invalid (padded) steps."""
@@ -89,6 +92,13 @@ class WeightedRewards:
     def frame_size(self) -> int:
         """The largest frame size any model reads (0: none reads frames)."""
         return max((m.frame_size for m in self.models), default=0)
+
+    @property
+    def frames_sampled(self) -> int:
+        """F when every model that reads frames reads only the F sampled ones; 0 (every frame)
+        when any reads them all or two sample different numbers."""
+        counts = {getattr(m, "frames_sampled", 0) for m in self.models if m.frame_size}
+        return counts.pop() if len(counts) == 1 else 0
 
     def prepare(self, context: RewardContext) -> None:
         """Hand `context` to every model that takes one (before the first rollout)."""

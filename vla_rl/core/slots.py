@@ -70,11 +70,12 @@ class SlotEnv(Protocol):
         self,
         slots: Sequence[int],
         episodes: Sequence[EpisodeSpec],
-        record: Sequence[bool | str] | None = None,
+        record: Sequence[bool | str | int] | None = None,
     ) -> list[list[np.ndarray] | None]:
         """Reset each of `slots` into the matching episode. record, per slot: False, True (a
-        video frame per env step) or "chunk" (one per chunk). Returns the first frames (or None)
-        per slot."""
+        video frame per env step), "chunk" (one per chunk) or an int F (F of the per-chunk
+        frames, uniformly spread: vla_rl/rollout/frames.py; an env may return them all, or only
+        those at the episode's end). Returns the first frames (or None) per slot."""
         ...
 
     def observe(self, slots: Sequence[int]) -> Observation:

@@ -356,6 +356,12 @@ class OnPolicyMethod:
         """H = W of the frames the rollouts render for the reward (0: none)."""
         return self.reward.frame_size
 
+    @property
+    def rollout_frames_per(self) -> str | int:
+        """Which frames the rollouts keep for the reward: "chunk" (one per decision step and the
+        first) or F (only the F the reward samples: `WeightedRewards.frames_sampled`)."""
+        return self.reward.frames_sampled or "chunk"
+
     def episodes(self, tasks: list[TaskSpec], rng: np.random.Generator) -> list[EpisodeSpec]:
         """This step's episodes: random initial states of the train split."""
         return [random_episode(tasks, rng) for _ in range(self.episodes_per_step)]
@@ -501,7 +507,7 @@ def train_on_policy(
             records: list[EpisodeRecord] = engine.run(
                 policy, episodes, keep_steps=True, seed=cfg.seed * 1_000_003 + state["rl_steps"],
                 record_video=(lambda i, s: True) if method.rollout_frame_size else None,
-                frames_per="chunk",
+                frames_per=method.rollout_frames_per,
             )  # fmt: skip
             traj = Trajectories.from_episodes(records)
             t1 = time.perf_counter()

@@ -9,7 +9,8 @@ Three encoders behind one call, `encoder(traj, videos) -> (B, D)`:
 * policy: the policy's own `observation_features` at sampled decision steps; needs no frames.
 Frames are sampled uniformly over the episode, tiled cyclically when it is shorter than the
 clip (the released SRPO code's rule). Shapes: videos are (T_i + 1, H, W, 3) uint8, one frame at
-reset and one per decision step (RolloutEngine frames_per="chunk").
+reset and one per decision step (RolloutEngine frames_per="chunk"), or only the frames that rule
+reads (frames_per=F, vla_rl/rollout/frames.py), which it reads back unchanged.
 """
 
 from __future__ import annotations
@@ -23,21 +24,12 @@ import torch.nn.functional as F
 
 from vla_rl.core.policy import BasePolicy
 from vla_rl.core.trajectories import Trajectories
+from vla_rl.rollout.frames import uniform_indices
 
 ENCODERS = ("efficientnet", "vjepa2", "policy")
 POOLINGS = ("mean", "concat")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def uniform_indices(length: int, num: int) -> np.ndarray:
-    """`num` indices spread uniformly over 0..length-1 (linspace, truncated to int); when the
-    episode is shorter than `num`, 0..length-1 repeated cyclically (released SRPO code)."""
-    if length < 1:
-        raise ValueError("cannot sample frames from an empty episode")
-    if length < num:
-        return np.resize(np.arange(length), num)
-    return np.linspace(0, length - 1, num).astype(np.int64)
 
 
 def pool(features: torch.Tensor, how: str) -> torch.Tensor:

@@ -213,6 +213,8 @@ class SRPOProgressReward:
         self.encoder = build_encoder(cfg.encoder, policy, cfg.frames, cfg.frame_size, cfg.pooling,
                                      cfg.encoder_path)  # fmt: skip
         self.frame_size = cfg.frame_size if self.encoder.needs_frames else 0
+        self.frames_sampled = self.encoder.frames if self.encoder.needs_frames else 0
+        """The rollouts keep only the frames the encoder samples (RewardModel)."""
         self.metrics: dict[str, float] = {}
         self.references: dict[str, np.ndarray] = {}
         """Per task name, its demonstrations' embeddings (M, D), from `prepare`."""
@@ -234,7 +236,8 @@ class SRPOProgressReward:
                 f"--<method>.progress.references scripted needs scripted experts, which only "
                 f"metaworld has (not {context.benchmark.name!r}); valid choices: none, auto"
             )
-        traj = scripted_demonstrations(context, self.cfg.reference_episodes, self.frame_size)
+        traj = scripted_demonstrations(context, self.cfg.reference_episodes, self.frame_size,
+                                       self.frames_sampled or "chunk")  # fmt: skip
         embeddings = self.encoder(traj, traj.frames)
         names = np.asarray(traj.tasks)
         won = traj.success.numpy()
@@ -252,12 +255,15 @@ class SRPOProgressReward:
         return at_last_step(scores, traj.valid)
 
 
-def scripted_demonstrations(context: RewardContext, episodes: int, frame_size: int) -> Trajectories:
+def scripted_demonstrations(
+    context: RewardContext, episodes: int, frame_size: int, frames_per: str | int = "chunk"
+) -> Trajectories:
     """The scripted experts' rollouts on each task's first `episodes` train initial states,
-    rendered at `frame_size` (one frame per env step: the experts act one step at a time) like
-    the training rollouts, as Trajectories (the input every encoder takes). The experts draw no
-    random numbers, and torch's RNG is left alone (seed None): the training run's random stream
-    is the same with references as without."""
+    rendered at `frame_size` (one frame per env step: the experts act one step at a time; or
+    only the `frames_per` = F an encoder samples) like the training rollouts, as Trajectories
+    (the input every encoder takes). The experts draw no random numbers, and torch's RNG is
+    left alone (seed None): the training run's random stream is the same with references as
+    without."""
     import dataclasses
 
     from vla_rl.core.benchmark import first_episodes
@@ -271,7 +277,7 @@ def scripted_demonstrations(context: RewardContext, episodes: int, frame_size: i
         records = RolloutEngine(venv, env_cfg.pipeline_groups).run(
             expert, first_episodes(context.tasks, episodes), keep_steps=True,
             seed=None, record_video=(lambda i, s: True) if frame_size else None,
-            frames_per="chunk",
+            frames_per=frames_per,
         )  # fmt: skip
     finally:
         venv.close()

@@ -136,7 +136,7 @@ class BatchedSlotEnv(ABC):
         self,
         slots: Sequence[int],
         episodes: Sequence[EpisodeSpec],
-        record: Sequence[bool | str] | None = None,
+        record: Sequence[bool | str | int] | None = None,
     ) -> list[list[np.ndarray] | None]:
         slots = list(slots)
         record = list(record) if record is not None else [False] * len(slots)
@@ -146,7 +146,8 @@ class BatchedSlotEnv(ABC):
             self._obs[slot] = {key: value[j] for key, value in obs.items()}
             self._elapsed[slot] = 0
             self._done[slot] = False
-            self._record[slot] = rec
+            # F sampled frames: one per chunk here; the engine keeps the F (it always selects)
+            self._record[slot] = "chunk" if type(rec) is int else rec
         recording = [j for j, rec in enumerate(record) if rec]
         shots = self.render_batch([slots[j] for j in recording]) if recording else None
         first: list[list[np.ndarray] | None] = [None] * len(slots)

@@ -22,6 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from vla_rl.rollout.frames import kept_frames
+
 
 class ChunkedEnv(gym.Wrapper):
     """Wraps a single env whose `step` takes one action (Da,) so that `step` takes (n, Da)."""
@@ -29,7 +31,11 @@ class ChunkedEnv(gym.Wrapper):
     def __init__(self, env: gym.Env, terminate_on_success: bool = True):
         super().__init__(env)
         self.terminate_on_success = terminate_on_success
-        self.record_frames: bool | str = False  # True: a frame per env step; "chunk": per chunk
+        self.record_frames: bool | str | int = False
+        """True: a frame per env step; "chunk": one at reset and one per chunk; an int F: of those,
+        only the `kept_frames(n, F)`, all at the episode's end (drawn then from render snapshots
+        where the env has them, so the other frames are never rendered)."""
+        self._snapshots: list[Any] = []
         self._done = True
         self._success = False
         self._episode_steps = 0
@@ -40,15 +46,34 @@ class ChunkedEnv(gym.Wrapper):
         self._success = bool(info.get("success", False))
         self._episode_steps = 0
         info = dict(info, success=self._success)
-        if self.record_frames:
+        if self._sampling():
+            self._snapshots = [self._snapshot()]
+            info["frames"] = []  # all of them at the episode's end
+        elif self.record_frames:
             info["frames"] = [self.env.render()]
         return obs, info
+
+    def _sampling(self) -> bool:
+        return type(self.record_frames) is int  # not a bool
+
+    def _snapshot(self) -> Any:
+        """What the frame would show now: a render snapshot, or the frame itself."""
+        return self.env.render_snapshot() if self._snapshots_drawn() else self.env.render()
+
+    def _snapshots_drawn(self) -> bool:
+        return hasattr(self.env, "render_snapshots")
+
+    def _sampled_frames(self) -> list[np.ndarray]:
+        """The kept frames of the episode just ended, from its snapshots (then dropped)."""
+        keep = [self._snapshots[i] for i in kept_frames(len(self._snapshots), self.record_frames)]
+        self._snapshots = []
+        return self.env.render_snapshots(keep) if self._snapshots_drawn() else keep
 
     def step(self, chunk: np.ndarray):
         """Execute up to n = len(chunk) actions. Returns (obs, reward_sum, terminated, truncated,
         info) with info["rewards"] (steps,), info["steps"], info["success"] (sticky) and, when
         recording, info["frames"] (H x W x 3 uint8: one per step, or with record_frames="chunk"
-        only the chunk's last)."""
+        only the chunk's last, or with an int the episode's kept frames on its last chunk)."""
         if self._done:
             raise RuntimeError("episode has ended; call reset() before step()")
         chunk = np.asarray(chunk, dtype=np.float32)
@@ -71,6 +96,10 @@ class ChunkedEnv(gym.Wrapper):
         self._done = terminated or truncated
         if self.record_frames == "chunk":  # one frame per decision step: cheap enough to train on
             frames.append(self.env.render())
+        elif self._sampling():
+            self._snapshots.append(self._snapshot())
+            if self._done:
+                frames = self._sampled_frames()
         out_info = dict(
             info,
             rewards=np.asarray(rewards, dtype=np.float32),

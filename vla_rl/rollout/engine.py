@@ -24,6 +24,7 @@ from vla_rl.core.policy import BasePolicy
 from vla_rl.core.slots import SlotEnv, WorkerError
 from vla_rl.core.trajectories import EpisodeRecord
 from vla_rl.core.types import index_obs
+from vla_rl.rollout.frames import kept_frames
 
 MAX_RERUNS = 3  # an episode whose env is lost more often than this ends the run
 
@@ -75,14 +76,16 @@ class RolloutEngine:
         record_video: Callable[[int, EpisodeSpec], bool] | None = None,
         seed: int | None = 0,
         on_episode_end: Callable[[EpisodeRecord], None] | None = None,
-        frames_per: str = "step",
+        frames_per: str | int = "step",
     ) -> list[EpisodeRecord]:
         """Run every episode once; records come back in the order of `episodes`.
 
         keep_steps: keep observations, samples and per-chunk rewards (for training).
         record_video: (episode index, spec) -> whether to record that episode's frames.
         frames_per: "step" records a frame per env step (videos), "chunk" one per decision step
-            plus the first (what a trajectory encoder samples from, at a fraction of the cost).
+            plus the first (what a trajectory encoder samples from, at a fraction of the cost),
+            an int F only the F of those a uniform sampler reads (`kept_frames`: SRPO's 16;
+            an env with render snapshots, Meta-World, renders only those).
         seed: keys every episode's random streams (vla_rl.core.noise) by (seed, task, init id,
             occurrence), and every policy call's rows by decision step (obs["noise_key"]), so an
             episode's draws do not depend on the batch it shared or the slot it ran in; also
@@ -172,6 +175,9 @@ class RolloutEngine:
                     record.frames.extend(res.frames)
                 stats.env_steps += res.steps
                 if res.terminated or res.truncated:
+                    if sampled and record.frames is not None:  # the identity if the env kept them
+                        keep = kept_frames(len(record.frames), frames_per)
+                        record.frames = [record.frames[i] for i in keep]
                     record.success = res.success
                     record.terminated = res.terminated
                     record.truncated = res.truncated
@@ -187,9 +193,12 @@ class RolloutEngine:
         rng_state = torch.random.get_rng_state()
         if seed is not None:
             torch.manual_seed(seed)
-        if frames_per not in ("step", "chunk"):
-            raise ValueError(f"frames_per must be 'step' or 'chunk', got {frames_per!r}")
-        record_mode = True if frames_per == "step" else "chunk"
+        sampled = type(frames_per) is int
+        if not (frames_per in ("step", "chunk") or (sampled and frames_per > 0)):
+            raise ValueError(
+                f"frames_per must be 'step', 'chunk' or an int > 0, got {frames_per!r}"
+            )
+        record_mode = True if frames_per == "step" else frames_per
         was_training = policy.training
         policy.eval()
         # One intra-op thread for inference: the env workers need the other cores, and small

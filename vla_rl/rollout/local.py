@@ -33,7 +33,7 @@ from vla_rl.core.types import Observation
 from vla_rl.rollout.chunked_env import ChunkedEnv
 
 
-def reset_items(episodes: Sequence[EpisodeSpec], record: Sequence[bool | str]) -> list[tuple]:
+def reset_items(episodes: Sequence[EpisodeSpec], record: Sequence[bool | str | int]) -> list[tuple]:
     """What a worker's "reset" command takes per slot: (task, init id, record mode). The worker
     needs the task's name, horizon and instruction, not its list of init ids."""
     return [(dataclasses.replace(ep.task, init_ids=()), ep.init_id, rec)
@@ -356,10 +356,11 @@ class ChunkedVectorEnv(gym.vector.VectorEnv):
         self,
         slots: Sequence[int],
         episodes: Sequence[EpisodeSpec],
-        record: Sequence[bool | str] | None = None,
+        record: Sequence[bool | str | int] | None = None,
     ) -> list[list[np.ndarray] | None]:
         """Reset `slots` into `episodes`; returns the first video frame lists (or None).
-        record: per slot, False, True (a frame per env step) or "chunk" (one per chunk)."""
+        record: per slot, False, True (a frame per env step), "chunk" (one per chunk) or an
+        int F (F of those, at the episode's end: ChunkedEnv.record_frames)."""
         record = record or [False] * len(slots)
         items = reset_items(episodes, record)
         results = self._gather(self._scatter_send("reset", slots, items))

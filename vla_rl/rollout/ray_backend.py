@@ -323,10 +323,11 @@ class RaySlotEnv:
         self,
         slots: Sequence[int],
         episodes: Sequence[EpisodeSpec],
-        record: Sequence[bool | str] | None = None,
+        record: Sequence[bool | str | int] | None = None,
     ) -> list[list[np.ndarray] | None]:
         """Reset `slots` into `episodes`; returns the first video frame lists (or None).
-        record: per slot, False, True (a frame per env step) or "chunk" (one per chunk)."""
+        record: per slot, False, True (a frame per env step), "chunk" (one per chunk) or an
+        int F (F of those, at the episode's end: ChunkedEnv.record_frames)."""
         record = record or [False] * len(slots)
         items = reset_items(episodes, record)
         results = self._gather(self._scatter("reset", slots, items))
