@@ -98,6 +98,12 @@ def test_efficientnet_encoder_has_real_weights_and_embeds_videos():
     assert not np.allclose(emb[0], emb[1])
     # The real ImageNet weights, not a random init: the stem conv of the published file.
     assert enc.model._conv_stem.weight.abs().mean() > 0.05
+    # Its in-place ReLU6 (for speed) gives the features of the published model's own ReLU6.
+    acts = [m for m in enc.model.modules() if isinstance(m, torch.nn.ReLU6)]
+    assert acts and all(m.inplace for m in acts)
+    for m in acts:
+        m.inplace = False
+    np.testing.assert_array_equal(enc(None, videos), emb)
 
 
 def test_vjepa2_encoder_loads_a_local_checkpoint(tmp_path):

