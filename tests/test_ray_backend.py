@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from toy_benchmark import FaultyToyBenchmark, ToyBenchmark, ToyEnv
 from toy_policies import GreedyToyPolicy
@@ -209,6 +210,26 @@ def test_without_ray_the_backend_says_how_to_install_it(monkeypatch):
     with pytest.raises(MissingExtraError, match=r'pip install -e "\.\[ray\]"'):
         ToyBenchmark().make_env([], EnvConfig(num_envs=2, num_workers=1, backend="ray"))
     assert "ray" in BACKENDS.names()
+
+
+@needs_ray
+@pytest.mark.ray
+def test_ray_keeps_the_local_backends_sampled_frames(ray_envs):
+    """frames_per=F (SRPO's encoder frames): the actors' ChunkedEnvs keep the same frames."""
+    kwargs = dict(seed=5, record_video=lambda i, s: True, frames_per=3)
+    local = ToyBenchmark().make_env([], EnvConfig(num_envs=4, num_workers=0))
+    try:
+        want = RolloutEngine(local, pipeline_groups=2).run(CHUNKED, grpo_batch(), **kwargs)
+        every = RolloutEngine(local, pipeline_groups=2).run(
+            CHUNKED, grpo_batch(), **dict(kwargs, frames_per="chunk")
+        )
+    finally:
+        local.close()
+    got = RolloutEngine(ray_envs[2], pipeline_groups=2).run(CHUNKED, grpo_batch(), **kwargs)
+    assert max(len(r.frames) for r in every) > 3  # some episodes had frames to drop
+    assert [len(r.frames) for r in got] == [min(len(r.frames), 3) for r in every]
+    for mine, theirs in zip(got, want):
+        assert all(np.array_equal(a, b) for a, b in zip(mine.frames, theirs.frames))
 
 
 @needs_ray
