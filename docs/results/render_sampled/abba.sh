@@ -14,6 +14,7 @@ run() {  # $1 = label, $2 = checkout, $3 = round
   local t0
   t0=$(date +%s.%N)
   "$2/.venv/bin/vla-rl" finetune --method srpo --tasks MT10 --env-steps 20000 --eval-episodes 1 \
+    --final-eval-episodes 1 \
     --videos 0 --seed 0 --no-progress --output-dir "$dir" > "$dir.log" 2>&1
   echo "{\"label\": \"$1\", \"round\": $3, \"start\": $t0, \"end\": $(date +%s.%N), \"commit\": \"$(git -C "$2" describe --always --dirty)\"}" >> "$out/walls.jsonl"
 }
