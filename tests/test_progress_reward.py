@@ -8,6 +8,8 @@ from vla_rl.rewards.encoders import frames_to_pixels, pool, uniform_indices
 from vla_rl.rewards.srpo_progress import (
     ProgressRewardConfig,
     dbscan,
+    failure_order_agreement,
+    last_step_env_reward,
     normalize_distances,
     progress_rewards,
     success_centres,
@@ -65,6 +67,39 @@ def test_a_task_without_success_is_scored_against_its_demonstrations():
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     np.testing.assert_allclose(scored, [1, 0.6 * sig(5), 0.6 * sig(-5), 0], rtol=1e-9)
     assert stats["tasks_without_success"] == 2 and stats["tasks_scored_by_demos"] == 1
+
+
+def test_failure_order_agreement_by_hand():
+    # task a: 1 success, failures rewarded 0.1 < 0.3 < 0.5; env scores 2, 1, 3 -> ranks of
+    # (0.1, 0.3, 0.5) = (0, 1, 2), of (2, 1, 3) = (1, 0, 2): rho = 1 - 6 * 2 / (3 * 8) = 0.5.
+    # task b: no success, 4 failures in the same order as their env scores: rho = 1.
+    # task c: 2 failures only (left out); task d: constant env scores (left out).
+    rewards = np.array([1, 0.1, 0.3, 0.5, 0.2, 0.4, 0.1, 0.5, 0.3, 0.5, 0.1, 0.2, 0.3])
+    env = np.array([9, 2, 1, 3, 2, 4, 1, 5, 7, 8, 1, 1, 1.0])
+    success = np.zeros(13, bool)
+    success[0] = True
+    tasks = ["a"] * 4 + ["b"] * 4 + ["c"] * 2 + ["d"] * 3
+    out = failure_order_agreement(rewards, env, success, tasks)
+    assert out == pytest.approx({"failure_env_spearman_batch": 0.5,
+                                 "failure_env_spearman_batch_tasks": 1.0,
+                                 "failure_env_spearman_demos": 1.0,
+                                 "failure_env_spearman_demos_tasks": 1.0})  # fmt: skip
+    # no task qualifies: the means are left out, the counts say 0
+    none = failure_order_agreement(rewards[8:10], env[8:10], success[8:10], tasks[8:10])
+    assert none == {"failure_env_spearman_batch_tasks": 0.0,
+                    "failure_env_spearman_demos_tasks": 0.0}  # fmt: skip
+
+
+def test_last_step_env_reward_is_per_env_step_of_the_last_chunk():
+    from types import SimpleNamespace
+
+    valid = torch.tensor([[True, True], [True, False], [False, False]])
+    rewards = torch.tensor([[1.0, 6.0], [8.0, 6.0], [8.0, 6.0]])  # padding copies the last step
+    chunk_steps = torch.tensor([[4, 3], [2, 0], [0, 0]])
+    traj = SimpleNamespace(valid=valid, rewards=rewards, chunk_steps=chunk_steps)
+    np.testing.assert_allclose(last_step_env_reward(traj), [4.0, 2.0])
+    traj.chunk_steps = None
+    np.testing.assert_allclose(last_step_env_reward(traj), [8.0, 6.0])
 
 
 def test_normalizations():
@@ -128,7 +163,7 @@ def test_vjepa2_encoder_loads_a_local_checkpoint(tmp_path):
 
 
 def test_spearman_by_hand():
-    from vla_rl.rewards.quality import spearman
+    from vla_rl.evaluation.stats import spearman
 
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
     assert spearman(np.array([1, 2, 3]), np.array([9, 4, 1])) == pytest.approx(-1.0)

@@ -26,6 +26,7 @@ import torch
 from vla_rl.core.benchmark import EnvConfig, EpisodeSpec, get_benchmark
 from vla_rl.core.policy import load_policy
 from vla_rl.core.trajectories import Trajectories
+from vla_rl.evaluation.stats import spearman
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
 from vla_rl.rewards.encoders import EfficientNetEncoder, PolicyFeatureEncoder
@@ -33,21 +34,6 @@ from vla_rl.rewards.srpo_progress import ProgressRewardConfig, progress_rewards
 from vla_rl.rollout.engine import RolloutEngine
 
 CUTS = (0.2, 0.4, 0.6, 0.8)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = v.argsort(kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):
-            r[v == value] = r[v == value].mean()
-        return r
-
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 class PixelEncoder:

@@ -21,6 +21,7 @@ import torch
 
 from vla_rl.core.reward import RewardContext, at_last_step
 from vla_rl.core.trajectories import Trajectories
+from vla_rl.evaluation.stats import spearman
 
 NORMALIZATIONS = ("minmax", "rank")
 REFERENCES = ("auto", "scripted", "none")
@@ -199,11 +200,56 @@ def progress_rewards(
     return rewards, stats
 
 
+def failure_order_agreement(
+    rewards: np.ndarray,
+    env_scores: np.ndarray,
+    success: np.ndarray,
+    tasks: list[str],
+    min_failures: int = 3,
+) -> dict[str, float]:
+    """Does the progress reward order a task's failures as the benchmark's own dense reward
+    does? Per task, Spearman over its failures of `rewards` (N,) against `env_scores` (N,)
+    (for Meta-World: the shaped reward at the last decision step, how far a failure got),
+    averaged separately over the tasks scored against in-batch successes (`batch`) and those
+    scored against demonstrations (`demos`: no success in the batch). A diagnostic only: the
+    env's dense reward is logged, never trained on. A task counts when it has at least
+    `min_failures` failures and neither column is constant among them; a mean with no task
+    is left out (keys `failure_env_spearman_{batch,demos}` and their `_tasks` counts)."""
+    names = np.asarray(tasks)
+    found: dict[str, list[float]] = {"batch": [], "demos": []}
+    for task in dict.fromkeys(tasks):
+        losses = (names == task) & ~success
+        r, e = rewards[losses], env_scores[losses]
+        if losses.sum() < min_failures or np.ptp(r) == 0 or np.ptp(e) == 0:
+            continue
+        found["batch" if (success & (names == task)).any() else "demos"].append(spearman(r, e))
+    out: dict[str, float] = {}
+    for kind, values in found.items():
+        out[f"failure_env_spearman_{kind}_tasks"] = float(len(values))
+        if values:
+            out[f"failure_env_spearman_{kind}"] = float(np.mean(values))
+    return out
+
+
+def last_step_env_reward(traj: Trajectories) -> np.ndarray:
+    """Each episode's env reward per env step over its last decision step (B,): the chunk's
+    summed reward divided by the env steps it ran (Meta-World's shaped reward where the
+    episode ended)."""
+    b = np.arange(traj.valid.shape[1])
+    last = traj.valid.sum(0).numpy() - 1
+    summed = traj.rewards.numpy()[last, b].astype(np.float64)
+    if traj.chunk_steps is None:
+        return summed
+    steps = traj.chunk_steps.numpy()[last, b]
+    return summed / np.maximum(steps, 1)
+
+
 class SRPOProgressReward:
     """`srpo_progress`: each rollout's SRPO score (successes 1, failures in (0, cap) by how close
     their embedded video comes to the same task's successes in this batch) on its last decision
     step. Reads `traj.frames` (rendered at `frame_size`) unless the encoder is the policy's own.
-    metrics after a call: the mean failure reward and the `progress_rewards` stats."""
+    metrics after a call: the mean failure reward, the `progress_rewards` stats, and how the
+    failures' order agrees with the env's dense reward (`failure_order_agreement`)."""
 
     def __init__(self, cfg: ProgressRewardConfig, policy: Any):
         from vla_rl.rewards.encoders import build_encoder
@@ -250,6 +296,8 @@ class SRPOProgressReward:
                                           self.references)  # fmt: skip
         failures = ~success
         stats["failure_reward"] = float(rewards[failures].mean()) if failures.any() else 0.0
+        stats.update(failure_order_agreement(rewards, last_step_env_reward(traj), success,
+                                             traj.tasks))  # fmt: skip
         self.metrics = stats
         scores = torch.as_tensor(rewards, dtype=torch.float32)
         return at_last_step(scores, traj.valid)
