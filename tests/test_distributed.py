@@ -150,6 +150,7 @@ def _update(case: dict, fsdp: bool = False) -> dict:
     torch.manual_seed(1)  # the critic's initialisation and minibatch order
     ppo = PPO(PPOConfig(minibatch_size=MINIBATCH, value_epochs=2), policy, ToyBenchmark(),
               ["left", "right"])  # fmt: skip
+    critic_start = copy.deepcopy(ppo.critic.state_dict())
     ppo.advantages(traj)
     metrics.update(ppo.extra_update(traj))
     if fsdp:  # between calls each rank holds its slice only, not the gathered weights
@@ -157,7 +158,7 @@ def _update(case: dict, fsdp: bool = False) -> dict:
         assert 0 < local < sum(p.numel() for p in case["policy"].parameters())
     moments = full_optimizer_state(policy, optimizer) if fsdp else None
     return {"policy": full_state_dict(policy), "critic": ppo.critic.state_dict(),
-            "metrics": metrics, "moments": moments}  # fmt: skip
+            "critic_start": critic_start, "metrics": metrics, "moments": moments}  # fmt: skip
 
 
 def _stepped_adam(policy: torch.nn.Module, foreach: bool | None = None) -> torch.optim.Adam:
@@ -246,15 +247,14 @@ def test_two_gloo_ranks_match_one_process(tmp_path, family):
     single = _update(case)
     for kind in ("rank", "fsdp.rank"):  # replicated weights, then sharded
         ranks = [torch.load(f"{path}.{kind}{r}", weights_only=False) for r in range(2)]
+        starts = {"policy": case["policy"].state_dict(), "critic": single["critic_start"]}
+        lrs = {"policy": 1e-2, "critic": PPOConfig().value_lr}  # _update's
         for part in ("policy", "critic"):
-            for name, value in single[part].items():
+            for name in single[part]:
                 # the ranks took the same steps from the same averaged gradients: bit for bit
                 assert torch.equal(ranks[0][part][name], ranks[1][part][name]), (kind, name)
-                assert torch.allclose(ranks[0][part][name], value, atol=1e-5, rtol=1e-5), (
-                    kind, name)  # fmt: skip
-            moved = [not torch.equal(v, case["policy"].state_dict()[k])
-                     for k, v in single["policy"].items()]  # fmt: skip
-            assert any(moved)
+            assert_alike_after_adam(ranks[0][part], single[part], starts[part], lrs[part],
+                                    f"{kind} {part}")  # fmt: skip
         assert single["metrics"].keys() == ranks[0]["metrics"].keys()
         for name, value in single["metrics"].items():
             assert ranks[0]["metrics"][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (
@@ -306,24 +306,48 @@ def _finetune_worker(
             dist.destroy_process_group()
 
 
+def assert_alike_after_adam(two: dict, one: dict, start: dict, lr: float, label: str) -> None:
+    """Two trainings that took the same Adam steps from gradients summed in another order (2
+    ranks' all_reduce over sharded minibatches vs one process) agree to a reordered sum, except
+    where Adam divides a near-zero gradient by its near-zero sqrt(v): such a weight can step by
+    up to about lr either way. Measured (one update, this file's case; the CI machine of
+    2026-12-04): the policies within 7e-7 everywhere, the tokenvla case's PPO critic 5 of its
+    first layer's 1024 weights off by up to 7e-4 (value lr 1e-3), 0.2% of its weights beyond
+    1e-5, the whole off by 8e-4 of what it moved (a previous CPU: within 1e-5 everywhere).
+    Hence: every weight within 2 lr, at most 1% beyond 1e-5, the whole within 1% of the move.
+    Integer and bool entries exactly."""
+    assert two.keys() == one.keys(), label
+    floats = [n for n, v in one.items() if v.is_floating_point()]
+    for name in one.keys() - set(floats):
+        assert torch.equal(two[name], one[name]), (label, name)
+    flat = {k: torch.cat([d[n].double().flatten() for n in floats]) for k, d in
+            {"two": two, "one": one, "start": start}.items()}  # fmt: skip
+    diff = (flat["two"] - flat["one"]).abs()
+    moved = (flat["one"] - flat["start"]).norm()
+    assert moved > 0, f"{label}: the update did nothing"
+    assert diff.max() <= 2 * lr, f"{label}: a weight off by {diff.max():.2e} > 2 lr"
+    off = float((diff > 1e-5).double().mean())
+    assert off <= 0.01, f"{label}: {off:.2%} of the weights off by more than 1e-5"
+    assert diff.norm() < 0.01 * moved, f"{label}: off by {diff.norm() / moved:.2e} of the move"
+
+
 def assert_trained_like_one_process(ranks_policy, one_policy) -> None:
-    """The policy the ranks wrote is the one process's, to the tolerance of a reordered sum."""
+    """The policy the ranks wrote is the one process's, to what two RL steps make of a reordered
+    sum: the exact check of the update is test_two_gloo_ranks_match_one_process. Here the first
+    update's last bits change the second step's sampled actions, and PPO's ratio clipping turns
+    a ratio on either side of its bound into a step of about lr: measured, the whole off by
+    2.3e-5 of what it moved on one CPU and 7.8e-3 on another (8.6e-4 there with the clipping
+    off). A writer that gathers the wrong weights (the base's, one shard) is off by about 1."""
     two = load_policy(str(ranks_policy)).state_dict()
     one = load_policy(str(one_policy)).state_dict()
     base = load_policy("metaworld-flow").state_dict()
     assert two.keys() == one.keys()
-    # Sharded minibatches, and an all_reduce that sums in another order than one process: most
-    # weights agree to 1e-7, but Adam divides by sqrt(v), so a weight whose gradient is near
-    # zero can take a step that differs by a fraction of lr (1e-3; measured: 2 of 0.4 M weights
-    # off by 1.1e-5 after the two RL steps, the whole off by 2.3e-5 of what it moved). Hence
-    # every weight to 1e-4, and the whole to 1e-4 of what the updates moved.
-    for name, value in one.items():
-        assert torch.allclose(two[name], value, atol=1e-4, rtol=0), name
     flat = {k: torch.cat([d[n].flatten() for n in one]) for k, d in
             {"two": two, "one": one, "base": base}.items()}  # fmt: skip
     moved = (flat["one"] - flat["base"]).norm()
     assert moved > 0.1  # the update did something
-    assert (flat["two"] - flat["one"]).norm() < 1e-4 * moved
+    off = (flat["two"] - flat["one"]).norm() / moved
+    assert off < 0.05, f"the ranks' policy is off by {off:.2e} of what the updates moved"
 
 
 @pytest.mark.slow
