@@ -163,7 +163,7 @@ def test_vjepa2_encoder_loads_a_local_checkpoint(tmp_path):
 
 
 def test_spearman_by_hand():
-    from vla_rl.evaluation.stats import spearman
+    from vla_rl.rewards.rank_correlation import spearman
 
     assert spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
     assert spearman(np.array([1, 2, 3]), np.array([9, 4, 1])) == pytest.approx(-1.0)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
-
 
 def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (default 95%: z = 1.959964).
@@ -89,18 +87,3 @@ def seed_interval(values: Sequence[float]) -> tuple[float, float]:
     t = _T975[n - 2] if n - 1 <= len(_T975) else 1.959964
     half = t * sd / math.sqrt(n)
     return mean - half, mean + half
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman's rank correlation (average ranks for ties)."""
-
-    def ranks(v: np.ndarray) -> np.ndarray:
-        order = v.argsort(kind="stable")
-        r = np.empty(len(v))
-        r[order] = np.arange(len(v))
-        for value in np.unique(v):
-            r[v == value] = r[v == value].mean()
-        return r
-
-    rx, ry = ranks(np.asarray(x, float)), ranks(np.asarray(y, float))
-    return float(np.corrcoef(rx, ry)[0, 1])

@@ -44,9 +44,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_rl.evaluation.stats import spearman
 from vla_rl.io.atomic import atomic_file
 from vla_rl.rewards.progress_critic import MODES, ProgressCritic
+from vla_rl.rewards.rank_correlation import spearman
 
 # The targets (VLAC's in-domain numbers, critics.md 1.8 and 4.5).
 VOC_TARGET = 0.9

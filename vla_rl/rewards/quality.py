@@ -26,10 +26,10 @@ import torch
 from vla_rl.core.benchmark import EnvConfig, EpisodeSpec, get_benchmark
 from vla_rl.core.policy import load_policy
 from vla_rl.core.trajectories import Trajectories
-from vla_rl.evaluation.stats import spearman
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
 from vla_rl.rewards.encoders import EfficientNetEncoder, PolicyFeatureEncoder
+from vla_rl.rewards.rank_correlation import spearman
 from vla_rl.rewards.srpo_progress import ProgressRewardConfig, progress_rewards
 from vla_rl.rollout.engine import RolloutEngine
 

@@ -21,7 +21,7 @@ import torch
 
 from vla_rl.core.reward import RewardContext, at_last_step
 from vla_rl.core.trajectories import Trajectories
-from vla_rl.evaluation.stats import spearman
+from vla_rl.rewards.rank_correlation import spearman
 
 NORMALIZATIONS = ("minmax", "rank")
 REFERENCES = ("auto", "scripted", "none")

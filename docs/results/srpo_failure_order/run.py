@@ -29,10 +29,10 @@ from vla_rl.core.benchmark import EnvConfig, get_benchmark
 from vla_rl.core.policy import load_policy
 from vla_rl.core.reward import RewardContext
 from vla_rl.core.trajectories import Trajectories
-from vla_rl.evaluation.stats import spearman
 from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
 from vla_rl.methods.srpo import SRPO, SRPOConfig
+from vla_rl.rewards.rank_correlation import spearman
 from vla_rl.rewards.srpo_progress import last_step_env_reward
 from vla_rl.rl.advantages import group_advantages, groups_with_contrast
 from vla_rl.rollout.engine import RolloutEngine
