@@ -1,6 +1,6 @@
 """Does SRPO's progress reward order the *policy's* failures as Meta-World's dense reward does?
 
-    python docs/results/srpo_failure_order/run.py --batches 4 \
+    python docs/results/srpo_failure_order/run.py --batches 8 --encoders efficientnet policy \
         --output docs/results/srpo_failure_order/result.json
 
 The bundled base's own training rollouts, exactly as `vla-rl finetune --method srpo --tasks MT10`
@@ -20,6 +20,7 @@ here for the diagnosis only; training never sees it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import numpy as np
@@ -33,7 +34,7 @@ from vla_rl.io.atomic import atomic_write_json
 from vla_rl.io.provenance import provenance
 from vla_rl.methods.srpo import SRPO, SRPOConfig
 from vla_rl.rewards.rank_correlation import spearman
-from vla_rl.rewards.srpo_progress import last_step_env_reward
+from vla_rl.rewards.srpo_progress import SRPOProgressReward, last_step_env_reward
 from vla_rl.rl.advantages import group_advantages, groups_with_contrast
 from vla_rl.rollout.engine import RolloutEngine
 
@@ -44,12 +45,73 @@ def episode_max_env_reward(traj: Trajectories) -> np.ndarray:
     return np.where(traj.valid.numpy(), per_step, -np.inf).max(0)
 
 
+def score_batch(
+    found: dict, rewards: np.ndarray, traj: Trajectories, names: list[str], pg: SRPOConfig
+) -> None:
+    """Add one batch's per-task correlations and mixed-group advantages to `found`."""
+    success = traj.success.numpy()
+    last, peak = last_step_env_reward(traj), episode_max_env_reward(traj)
+    task_of = np.asarray(traj.tasks)
+    for t in names:
+        losses = (task_of == t) & ~success
+        found["per_task"][t]["failures"] += int(losses.sum())
+        if losses.sum() < 3 or np.ptp(rewards[losses]) == 0:
+            continue
+        row = found["per_task"][t]
+        row["kind"].append("batch" if (success & (task_of == t)).any() else "demos")
+        row["rho_last"].append(spearman(rewards[losses], last[losses]))
+        row["rho_max"].append(spearman(rewards[losses], peak[losses]))
+    keep = groups_with_contrast(traj.success, traj.group, pg.filter_low, pg.filter_high)
+    adv = group_advantages(torch.as_tensor(rewards, dtype=torch.float32), traj.group)
+    sparse = group_advantages(traj.success.float(), traj.group)
+    won = traj.success & keep
+    found["adv_success"] += adv[won].tolist()
+    found["adv_success_sparse"] += sparse[won].tolist()
+    found["adv_failure"] += adv[keep & ~traj.success].tolist()
+
+
+def mean(values) -> float | None:
+    return round(float(np.mean(values)), 3) if len(values) else None
+
+
+def summarize(found: dict, names: list[str]) -> dict:
+    """Per task and pooled over tasks, per kind of reference; the mixed groups' advantages."""
+    per_task, table = found["per_task"], {}
+    for t, v in per_task.items():
+        kinds = np.asarray(v["kind"])
+        table[t] = {"failures": v["failures"], "scored_batches": len(kinds)}
+        for kind in ("batch", "demos"):
+            pick = kinds == kind
+            table[t][kind] = {"batches": int(pick.sum()),
+                              "spearman_last": mean(np.asarray(v["rho_last"])[pick]),
+                              "spearman_max": mean(np.asarray(v["rho_max"])[pick])}  # fmt: skip
+
+    def pooled(kind: str, key: str) -> float | None:
+        return mean([r for t in names for k, r in zip(per_task[t]["kind"], per_task[t][key])
+                     if k == kind])  # fmt: skip
+
+    return {
+        "per_task": table,
+        "pooled": {kind: {"task_batches": sum(table[t][kind]["batches"] for t in names),
+                          "spearman_last": pooled(kind, "rho_last"),
+                          "spearman_max": pooled(kind, "rho_max")}
+                   for kind in ("batch", "demos")},
+        "mixed_groups": {"successes": len(found["adv_success"]),
+                         "success_advantage": mean(found["adv_success"]),
+                         "success_advantage_sparse": mean(found["adv_success_sparse"]),
+                         "failures": len(found["adv_failure"]),
+                         "failures_pushed_up": mean(np.asarray(found["adv_failure"]) > 0)},
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--policy", default="metaworld-flow")
     parser.add_argument("--tasks", default="MT10")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoders", nargs="+", default=["efficientnet"],
+                        help="trajectory encoders to score the same rollouts with")  # fmt: skip
     parser.add_argument("--output", default="srpo_failure_order.json")
     args = parser.parse_args()
 
@@ -59,19 +121,23 @@ def main() -> None:
     policy = load_policy(args.policy, bench)
     pg = SRPOConfig()
     pg.episodes_per_step = pg.group_size * len(names)  # what --tasks MT10 resolves to
-    method = SRPO(pg, policy, bench, names)
+    method = SRPO(pg, policy, bench, names)  # the default encoder's rollouts: frames recorded
     env_cfg = EnvConfig(num_envs=pg.rollout_envs, num_workers=pg.rollout_workers,
                         video_size=method.rollout_frame_size)  # fmt: skip
-    method.reward.prepare(RewardContext(bench, tasks, env_cfg))
+    context = RewardContext(bench, tasks, env_cfg)
+    models = {}
+    for name in args.encoders:
+        models[name] = SRPOProgressReward(dataclasses.replace(pg.progress, encoder=name), policy)
+        models[name].prepare(context)
     venv = policy.wrap_env(bench.make_env(tasks, env_cfg))
     engine = RolloutEngine(venv, env_cfg.pipeline_groups)
     rng = np.random.default_rng(args.seed)
     policy.temperature = pg.temperature
 
-    per_task: dict[str, dict[str, list]] = {
-        t: {"kind": [], "rho_last": [], "rho_max": [], "failures": 0} for t in names
-    }
-    adv_success_srpo, adv_success_sparse, failure_adv = [], [], []
+    found = {name: {"per_task": {t: {"kind": [], "rho_last": [], "rho_max": [], "failures": 0}
+                                 for t in names},
+                    "adv_success": [], "adv_success_sparse": [], "adv_failure": []}
+             for name in models}  # fmt: skip
     start = time.perf_counter()
     for step in range(args.batches):
         episodes = method.episodes(tasks, rng)
@@ -80,69 +146,22 @@ def main() -> None:
                              record_video=lambda i, s: True,
                              frames_per=method.rollout_frames_per)  # fmt: skip
         traj = Trajectories.from_episodes(records)
-        scores = method.reward(traj).sum(0)  # (B,) as GRPO sums them
-        rewards, success = scores.numpy(), traj.success.numpy()
-        last, peak = last_step_env_reward(traj), episode_max_env_reward(traj)
-        task_of = np.asarray(traj.tasks)
-        for t in names:
-            losses = (task_of == t) & ~success
-            per_task[t]["failures"] += int(losses.sum())
-            if losses.sum() < 3 or np.ptp(rewards[losses]) == 0:
-                continue
-            per_task[t]["kind"].append("batch" if (success & (task_of == t)).any() else "demos")
-            per_task[t]["rho_last"].append(spearman(rewards[losses], last[losses]))
-            per_task[t]["rho_max"].append(spearman(rewards[losses], peak[losses]))
-        keep = groups_with_contrast(traj.success, traj.group, pg.filter_low, pg.filter_high)
-        adv = group_advantages(scores, traj.group)
-        sparse = group_advantages(traj.success.float(), traj.group)
-        won = traj.success & keep
-        adv_success_srpo += adv[won].tolist()
-        adv_success_sparse += sparse[won].tolist()
-        failure_adv += adv[keep & ~traj.success].tolist()
+        for name, model in models.items():  # each batch scored on its own, as in training
+            score_batch(found[name], model(traj).sum(0).numpy(), traj, names, pg)
         print(f"batch {step}: {len(records)} rollouts, {time.perf_counter() - start:.0f} s",
               flush=True)  # fmt: skip
     venv.close()
 
-    def mean(values) -> float | None:
-        return round(float(np.mean(values)), 3) if len(values) else None
-
-    table = {}
-    for t, v in per_task.items():
-        kinds = np.asarray(v["kind"])
-        table[t] = {"failures": v["failures"], "scored_batches": len(kinds)}
-        for kind in ("batch", "demos"):
-            pick = kinds == kind
-            table[t][kind] = {
-                "batches": int(pick.sum()),
-                "spearman_last": mean(np.asarray(v["rho_last"])[pick]),
-                "spearman_max": mean(np.asarray(v["rho_max"])[pick]),
-            }
-    pooled = {
-        kind: {
-            "task_batches": sum(table[t][kind]["batches"] for t in names),
-            "spearman_last": mean([r for t in names for k, r in
-                                   zip(per_task[t]["kind"], per_task[t]["rho_last"]) if k == kind]),
-            "spearman_max": mean([r for t in names for k, r in
-                                  zip(per_task[t]["kind"], per_task[t]["rho_max"]) if k == kind]),
-        }
-        for kind in ("batch", "demos")
-    }  # fmt: skip
     out = {
         "policy": args.policy, "tasks": names, "batches": args.batches, "seed": args.seed,
         "rollouts_per_batch": pg.episodes_per_step, "group_size": pg.group_size,
-        "per_task": table, "pooled": pooled,
-        "mixed_groups": {
-            "successes": len(adv_success_srpo),
-            "success_advantage_srpo": mean(adv_success_srpo),
-            "success_advantage_sparse": mean(adv_success_sparse),
-            "failures": len(failure_adv),
-            "failures_pushed_up": mean(np.asarray(failure_adv) > 0),
-        },
+        "encoders": {name: summarize(found[name], names) for name in models},
         "wall_s": round(time.perf_counter() - start, 1),
         "provenance": provenance(),
     }  # fmt: skip
     atomic_write_json(args.output, out)
-    print(out["pooled"], out["mixed_groups"])
+    for name, res in out["encoders"].items():
+        print(name, res["pooled"], res["mixed_groups"])
 
 
 if __name__ == "__main__":
