@@ -62,7 +62,10 @@ class PPOConfig(PolicyGradientConfig):
     (sum); summed over a flow chunk's K x Ta x Da = 320 parts, the log-ratio put 26-47% of the
     samples outside the clip range at every step (approx-KL up to 1.2) and ppo stalled on
     door-open-v3 (train success 0.36 after 160k env steps); with the mean nothing was clipped
-    and it reached 0.52 (docs/RESULTS.md, "Why ppo stalls", measured on the train split)."""
+    and it reached 0.52 (docs/RESULTS.md, "Why ppo stalls", measured on the train split). On
+    MT10 the mean collapsed to 0 after about ten RL steps, with or without a KL anchor, and
+    token (a ratio and a clip per part) did not in a 457k-step probe (docs/RESULTS.md, "ppo
+    on MT10"): the next default to measure, not yet changed."""
 
 
 class PPO(OnPolicyMethod):
