@@ -55,6 +55,7 @@ from vla_rl.rl.fsdp import (
 from vla_rl.rollout.engine import RolloutEngine
 
 MINIBATCH = 15  # odd: the two shards of a full minibatch hold 8 and 7 samples
+POLICY_LR = 1e-2  # _update's policy step: a visible change in one update
 VOCAB = ["<pad>", "<unk>", "move", "to", "the", "left", "right"]
 
 
@@ -140,7 +141,7 @@ def _update(case: dict, fsdp: bool = False) -> dict:
     broadcast_parameters(policy)  # equal already; a launch would rely on it after init
     if fsdp:
         assert shard_policy(policy) >= 1 and shard_policy(reference) >= 1 and is_sharded(policy)
-    pg = PolicyGradientConfig(lr=1e-2, epochs=2, minibatch_size=MINIBATCH, reduction="token",
+    pg = PolicyGradientConfig(lr=POLICY_LR, epochs=2, minibatch_size=MINIBATCH, reduction="token",
                               kl_coef=0.1, entropy_coef=0.01)  # fmt: skip
     optimizer = torch.optim.Adam(policy.parameters(), lr=pg.lr)
     keep = torch.ones(traj.batch_size, dtype=torch.bool)
@@ -248,7 +249,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path, family):
     for kind in ("rank", "fsdp.rank"):  # replicated weights, then sharded
         ranks = [torch.load(f"{path}.{kind}{r}", weights_only=False) for r in range(2)]
         starts = {"policy": case["policy"].state_dict(), "critic": single["critic_start"]}
-        lrs = {"policy": 1e-2, "critic": PPOConfig().value_lr}  # _update's
+        lrs = {"policy": POLICY_LR, "critic": PPOConfig().value_lr}  # _update's
         for part in ("policy", "critic"):
             for name in single[part]:
                 # the ranks took the same steps from the same averaged gradients: bit for bit
